@@ -1,0 +1,155 @@
+"""The ``dq-ray`` command.
+
+    dq-ray run CONFIG.yaml [--input PATH ...] [--output RUN_DIR] [--set key.sub=value ...] [--overwrite]
+    dq-ray validate CONFIG.yaml [same options]     check config and inputs without starting Ray
+    dq-ray stages                                  list the registered stages and their columns
+    dq-ray demo-corpus OUT_DIR                     build the demo corpus from installed packages
+
+``run`` uses the Ray cluster at ``$RAY_ADDRESS`` (or ``ray.address`` in the config) when set, and an
+embedded local Ray otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from dq_ray.config import ConfigError, JobConfig, load_config
+from dq_ray.io import RunExistsError
+
+log = logging.getLogger("dq_ray")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("ray", "ray.data", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _config_options(fn):
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY.SUB=VALUE", help="Override a config value.")(fn)
+    fn = click.option("--output", "-o", default=None, help="Run directory (replaces output.path).")(fn)
+    fn = click.option("--input", "-i", "inputs", multiple=True, help="Input path/dir/glob (replaces input.paths).")(fn)
+    return click.argument("config", type=click.Path(dir_okay=False))(fn)
+
+
+def _load(config: str, inputs: tuple[str, ...], output: str | None, overrides: tuple[str, ...]) -> JobConfig:
+    try:
+        return load_config(config, overrides=overrides, inputs=inputs or None, output=output)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid config: {exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dq-ray")
+def main() -> None:
+    """dq-ray: judge and curate LLM training data at web scale, as a Ray Data job."""
+
+
+@main.command()
+@_config_options
+@click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
+def run(config: str, inputs, output, overrides, overwrite: bool, verbose: bool) -> None:
+    """Score every document of the inputs and write the run directory."""
+    from dq_ray.io import InputError
+    from dq_ray.pipeline import run_job
+
+    _setup_logging(verbose)
+    cfg = _load(config, inputs, output, overrides)
+    try:
+        result = run_job(cfg, overwrite=overwrite)
+    except (InputError, RunExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_summary(result.manifest))
+
+
+@main.command()
+@_config_options
+def validate(config: str, inputs, output, overrides) -> None:
+    """Check a config and its inputs (no Ray); print the resolved config and the column flow."""
+    from dq_ray.config import READER_COLUMNS
+    from dq_ray.io import InputError, discover_inputs
+
+    cfg = _load(config, inputs, output, overrides)
+    try:
+        files = discover_inputs(cfg.input)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
+    click.echo(f"\n{len(files)} input file(s), {sum(f.size for f in files):,} bytes")
+    click.echo(f"reader -> {', '.join(list(READER_COLUMNS) + list(cfg.input.keep_fields))}")
+    for sc in cfg.stages:
+        stage = sc.build()
+        click.echo(f"{sc.name} -> {', '.join(stage.outputs)}")
+    click.echo("config OK")
+
+
+@main.command()
+def stages() -> None:
+    """List the registered stages: name, what they read, what they add."""
+    from dq_ray.stage import registry
+
+    for name, cls in sorted(registry().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name}: {doc}")
+        click.echo(f"  reads: {', '.join(cls.inputs) or '-'}")
+        click.echo(f"  adds:  {', '.join(cls.outputs)}")
+
+
+@main.command("demo-corpus")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def demo_corpus(out_dir: str, seed: int) -> None:
+    """Build the demo corpus (Wikipedia leads, news, tweets, speeches) from installed packages."""
+    from dq_ray.demo import DemoSizes, MissingDemoData, build_demo_corpus
+
+    try:
+        summary = build_demo_corpus(out_dir, DemoSizes(), seed)
+    except MissingDemoData as exc:
+        raise click.ClickException(str(exc)) from None
+    total = sum(summary["documents"].values())
+    click.echo(
+        f"demo corpus in {summary['dir']}: {total} documents {summary['documents']}, "
+        f"{summary['broken_records']} broken records"
+    )
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    c = manifest["counts"]
+    lines = [
+        f"run directory: {manifest['run_dir']}  (status: {manifest['status']}, {manifest['wall_s']:.1f} s)",
+        "",
+        f"{'documents in':<14}{c['input']:>9,}",
+        f"{'kept':<14}{c['accepted']:>9,}   -> docs/",
+        f"{'rejected':<14}{c['rejected']:>9,}   -> rejected/"
+        + (f"  ({', '.join(f'{k} {v}' for k, v in c['rejected_by_reason'].items())})" if c["rejected"] else ""),
+        "",
+        f"{'stage':<20}{'docs':>9}{'wall s':>9}{'docs/s':>10}",
+    ]
+    for name, s in manifest.get("stages", {}).items():
+        lines.append(f"{name:<20}{s['rows']:>9,}{s['wall_s']:>9.2f}{s['docs_per_s']:>10,.0f}")
+    flags = manifest.get("flags", {})
+    passes = {k: v for k, v in flags.items() if k.endswith("_pass")}
+    if passes:
+        lines += ["", f"{'heuristic':<32}{'pass':>8}{'fail':>8}"]
+        for name, v in passes.items():
+            lines.append(f"{name:<32}{v['true']:>8,}{v['false']:>8,}")
+    if "exact_dup_keep" in flags:
+        dropped = flags["exact_dup_keep"]["false"]
+        lines += ["", f"exact duplicates: {dropped:,} document(s) are copies of another (exact_dup_keep = false)"]
+    lines += ["", f"manifest: {manifest['run_dir']}/manifest.json"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

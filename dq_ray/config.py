@@ -1,0 +1,343 @@
+"""YAML -> typed, frozen config, validated before any Ray cluster starts.
+
+The YAML mirrors these dataclasses one to one::
+
+    input:   {paths: [...], format: auto, text_field: text, id_field: id, keep_fields: [], ...}
+    output:  {path: runs/demo, keep_text: false}
+    ray:     {address: null, num_cpus: null}
+    stages:
+      - name: heuristics          # a registry name, never an import path
+        params: {...}             # the stage's own Params dataclass
+        resources: {num_cpus: 1, concurrency: null, batch_size: 256}
+
+Config is data, never code: it is loaded with ``yaml.safe_load`` and stages are chosen by registry name.
+Every error names the offending key and lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dq_ray.stage import Resources, Stage, get_stage, registry
+
+#: Columns every document has when it leaves the reader.
+READER_COLUMNS = ("id", "text", "source_file", "source_index")
+
+INPUT_FORMATS = ("auto", "jsonl", "parquet")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message says which key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where documents come from.
+
+    Attributes:
+        paths: files, directories or globs; local paths or any fsspec URL (``s3://``, ``gs://``...).
+        format: ``jsonl`` (also ``.jsonl.gz`` / ``.jsonl.zst``), ``parquet``, or ``auto`` (by file suffix).
+        text_field: the field holding the document text.
+        id_field: the field holding the document id; a record without one gets a deterministic id.
+        keep_fields: extra input fields copied (as strings) into ``docs/`` (e.g. ``url``, ``source``).
+        max_text_bytes: documents whose UTF-8 text is longer are rejected with reason ``text_too_large``.
+        max_raw_bytes: how much of a rejected record's raw content ``rejected/`` keeps.
+        batch_rows: rows per batch emitted by a reader.
+    """
+
+    paths: tuple[str, ...] = ()
+    format: str = "auto"
+    text_field: str = "text"
+    id_field: str = "id"
+    keep_fields: tuple[str, ...] = ()
+    max_text_bytes: int = 1_048_576
+    max_raw_bytes: int = 65_536
+    batch_rows: int = 500
+
+    def __post_init__(self) -> None:
+        if self.format not in INPUT_FORMATS:
+            raise ConfigError(f"input.format: {self.format!r} is not one of {', '.join(INPUT_FORMATS)}")
+        for key in ("max_text_bytes", "max_raw_bytes", "batch_rows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"input.{key} must be >= 1")
+        clash = set(self.keep_fields) & set(READER_COLUMNS)
+        if clash:
+            raise ConfigError(f"input.keep_fields may not name reader columns: {sorted(clash)}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the run directory goes.
+
+    Attributes:
+        path: the run directory (local path or fsspec URL).
+        keep_text: also write the document text into ``docs/`` (off: docs/ holds ids and signals only).
+    """
+
+    path: str = "runs/latest"
+    keep_text: bool = False
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray.
+
+    Attributes:
+        address: a cluster address; null means ``$RAY_ADDRESS`` if set, else an embedded local Ray.
+        num_cpus: CPUs for an embedded local Ray (null: all of this machine's).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One entry of ``stages:``: a registry name, the stage's typed params and its resources."""
+
+    name: str
+    params: Any
+    resources: Resources
+
+    def build(self) -> Stage:
+        return get_stage(self.name)(self.params)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole dq-ray job."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    stages: tuple[StageConfig, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what the manifest records)."""
+        return dataclasses.asdict(self)
+
+
+# -- building typed dataclasses from plain data -------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if origin in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build a (frozen) dataclass from a mapping, rejecting unknown keys and wrongly typed values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(names) or '(none)'}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _build_stage(entry: Any, index: int) -> StageConfig:
+    where = f"stages[{index}]"
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: expected a mapping with a 'name' (one of {', '.join(sorted(registry()))})")
+    unknown = sorted(set(entry) - {"name", "params", "resources"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: name, params, resources")
+    name = entry["name"]
+    if not isinstance(name, str) or "." in name or "/" in name or ":" in name:
+        raise ConfigError(
+            f"{where}.name: stages are chosen by registry name, not import path; "
+            f"valid stages: {', '.join(sorted(registry()))}"
+        )
+    try:
+        stage_cls = get_stage(name)
+    except KeyError as exc:
+        raise ConfigError(f"{where}.name: {exc.args[0]}") from None
+    params = build_dataclass(stage_cls.Params, entry.get("params"), f"{where}({name}).params")
+    defaults = dataclasses.asdict(stage_cls.default_resources)
+    res_data = {**defaults, **(entry.get("resources") or {})}
+    resources = build_dataclass(Resources, res_data, f"{where}({name}).resources")
+    return StageConfig(name=name, params=params, resources=resources)
+
+
+def check_column_flow(cfg: JobConfig) -> None:
+    """Every stage's inputs must be produced by the reader or an earlier stage."""
+    available = list(READER_COLUMNS) + list(cfg.input.keep_fields)
+    seen: set[str] = set()
+    for i, sc in enumerate(cfg.stages):
+        if sc.name in seen:
+            raise ConfigError(f"stages[{i}]: stage {sc.name!r} appears twice")
+        seen.add(sc.name)
+        cls = get_stage(sc.name)
+        missing = [c for c in cls.inputs if c not in available]
+        if missing:
+            raise ConfigError(
+                f"stages[{i}]({sc.name}) needs column(s) {missing} that nothing before it produces; "
+                f"available at that point: {', '.join(available)}"
+            )
+        available.extend(c for c in cls.outputs if c not in available)
+
+
+def set_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set a.b=c`` to raw config data. The value is parsed as YAML (``3``, ``true``, ``[a]``).
+
+    ``stages.<name>.x=...`` addresses a stage by registry name (``stages.<index>.x`` works too).
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: depth + 1]))
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping")
+        node = node.setdefault(part, [] if part == "stages" else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        raise ConfigError(f"--set {key}: cannot replace a whole list item")
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: parent is not a mapping")
+    node[last] = value
+
+
+def _list_item(items: list, part: str, where: str) -> Any:
+    if part.isdigit():
+        idx = int(part)
+        if idx >= len(items):
+            raise ConfigError(f"--set {where}: index out of range ({len(items)} items)")
+        return items[idx]
+    for i, item in enumerate(items):
+        if item == part:  # a stage given as a bare name
+            items[i] = {"name": part}
+            return items[i]
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    names = [it if isinstance(it, str) else it.get("name") for it in items]
+    raise ConfigError(f"--set {where}: no stage named {part!r} in the config; stages: {names}")
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: typing.Iterable[str] = (),
+    inputs: typing.Sequence[str] | None = None,
+    output: str | None = None,
+) -> JobConfig:
+    """Load, override and validate a job config. Nothing here touches Ray.
+
+    Args:
+        source: a YAML file path, or already-parsed data.
+        overrides: ``key.sub=value`` strings applied in order.
+        inputs: replaces ``input.paths`` when given (the CLI's ``--input``).
+        output: replaces ``output.path`` when given (the CLI's ``--output``).
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, dict):
+        data = yaml.safe_load(yaml.safe_dump(source))  # a deep, plain copy
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping with input/output/ray/stages")
+    for assignment in overrides:
+        set_override(data, assignment)
+    if inputs:
+        data.setdefault("input", {})["paths"] = list(inputs)
+    if output:
+        data.setdefault("output", {})["path"] = output
+
+    allowed = ("input", "output", "ray", "stages")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(allowed)}")
+    stages_data = data.get("stages") or []
+    if not isinstance(stages_data, list):
+        raise ConfigError("stages: expected a list of stages")
+    cfg = JobConfig(
+        input=build_dataclass(InputConfig, data.get("input"), "input"),
+        output=build_dataclass(OutputConfig, data.get("output"), "output"),
+        ray=build_dataclass(RayConfig, data.get("ray"), "ray"),
+        stages=tuple(_build_stage(s, i) for i, s in enumerate(stages_data)),
+    )
+    if not cfg.input.paths:
+        raise ConfigError("input.paths is empty: give input paths in the config or with --input")
+    check_column_flow(cfg)
+    return cfg

@@ -1,0 +1,397 @@
+"""The only module that builds Ray Data plans.
+
+A run is: discover input files (driver, before Ray starts) -> one read task per file (documents out,
+rejections and a receipt written beside the run) -> one ``map_batches`` per stage -> for stages with a
+``group_key``, a Ray groupby over hash buckets of that key -> ``write_parquet`` into ``RUN/docs/``.
+The text column is dropped as soon as no later stage reads it (unless ``output.keep_text``).
+
+The library never calls ``ray.init()`` on its own: :func:`ray_session` is what the CLI and ``jobs/`` use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from dq_ray import __version__
+from dq_ray.config import JobConfig, RayConfig, StageConfig
+from dq_ray.io import InputFile, RunDir, ShardResult, discover_inputs, read_shard
+from dq_ray.stage import Stage
+
+log = logging.getLogger(__name__)
+
+BUCKET_COLUMN = "_dq_bucket"
+READ_CPUS = 0.5
+#: Bytes of shuffled signal rows per groupby partition we aim for (signals are ~10% of input bytes).
+_SHUFFLE_BYTES_PER_PARTITION = 128 * 2**20
+_SIGNAL_BYTES_PER_INPUT_BYTE = 0.1
+
+
+# -- Ray session -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[dict[str, Any]]:
+    """Connect to Ray for one job: the configured cluster, ``$RAY_ADDRESS``, or an embedded local Ray.
+
+    An already initialised Ray (a test fixture, a Ray job driver) is used as is and left running.
+    """
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            log.info("connecting to the Ray cluster at %s", address)
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            log.info("starting an embedded local Ray")
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        started = True
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        yield {
+            "mode": "cluster" if (cfg.address or os.environ.get("RAY_ADDRESS")) else "embedded",
+            "nodes": len(nodes),
+            "cpus": ray.cluster_resources().get("CPU", 0),
+            "gpus": ray.cluster_resources().get("GPU", 0),
+            "ray_version": ray.__version__,
+        }
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# -- per-stage statistics ------------------------------------------------------------------------------
+
+
+def _stats_actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StageStats:
+        """Collects (rows, seconds) per stage from every worker, for the manifest."""
+
+        def __init__(self) -> None:
+            self.data: dict[str, dict[str, Any]] = {}
+
+        def record(self, stage: str, rows: int, busy: float, start: float, end: float, setup: float) -> None:
+            s = self.data.setdefault(
+                stage, {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0}
+            )
+            s["rows"] += rows
+            s["busy_s"] += busy
+            s["setup_s"] += setup
+            s["calls"] += 1
+            s["start"] = min(s["start"], start)
+            s["end"] = max(s["end"], end)
+
+        def summary(self) -> dict[str, dict[str, Any]]:
+            return self.data
+
+    return StageStats
+
+
+def _record(stats: Any, stage: str, rows: int, busy: float, start: float, end: float, setup: float = 0.0):
+    import ray
+
+    ray.get(stats.record.remote(stage, rows, busy, start, end, setup))
+
+
+# -- Ray Data UDFs ---------------------------------------------------------------------------------------
+
+
+def _read_files(batch: pa.Table, input_cfg: Any, run_path: str, stats: Any) -> Iterator[pa.Table]:
+    """Read the input files named in ``batch`` (one per row); rejections and receipts go to the run dir."""
+    run = RunDir(run_path)
+    for row in batch.to_pylist():
+        shard = InputFile(**row)
+        result = ShardResult(shard.path)
+        start = time.time()
+        busy = 0.0
+        t0 = time.perf_counter()
+        for table in read_shard(shard, input_cfg, result):
+            busy += time.perf_counter() - t0
+            yield table
+            t0 = time.perf_counter()
+        busy += time.perf_counter() - t0
+        run.write_shard_outputs(result)
+        _record(stats, "read", result.records, busy, start, time.time())
+
+
+_WORKER_STAGES: dict[int, tuple[Stage, float]] = {}
+
+
+def _worker_stage(stage_config: StageConfig) -> tuple[Stage, float]:
+    """The stage object of this worker process, built and set up once (returns it and its setup time)."""
+    key = hash((stage_config.name, repr(stage_config.params)))
+    if key not in _WORKER_STAGES:
+        t0 = time.perf_counter()
+        stage = stage_config.build()
+        stage.ensure_setup()
+        _WORKER_STAGES[key] = (stage, time.perf_counter() - t0)
+        return _WORKER_STAGES[key]
+    return _WORKER_STAGES[key][0], 0.0
+
+
+def _bucket_of(keys: pa.Array, num_buckets: int) -> pa.Array:
+    values = keys.to_pylist()
+    return pa.array([xxhash.xxh32_intdigest(str(v).encode()) % num_buckets for v in values], pa.int32())
+
+
+def _map_stage(batch: pa.Table, stage_config: StageConfig, stats: Any, num_buckets: int) -> pa.Table:
+    stage, setup = _worker_stage(stage_config)
+    start, t0 = time.time(), time.perf_counter()
+    out = stage.process(batch)
+    if out.num_rows != batch.num_rows:
+        raise RuntimeError(f"stage {stage.name} returned {out.num_rows} rows for {batch.num_rows}")
+    if stage.group_key:
+        out = out.append_column(BUCKET_COLUMN, _bucket_of(out.column(stage.group_key), num_buckets))
+    _record(stats, stage.name, batch.num_rows, time.perf_counter() - t0, start, time.time(), setup)
+    return out
+
+
+def _group_stage(rows: pa.Table, stage_config: StageConfig, stats: Any) -> pa.Table:
+    stage, setup = _worker_stage(stage_config)
+    start, t0 = time.time(), time.perf_counter()
+    out = stage.process_groups(rows.drop_columns([BUCKET_COLUMN]))
+    if out.num_rows != rows.num_rows:
+        raise RuntimeError(f"stage {stage.name} returned {out.num_rows} rows for {rows.num_rows}")
+    _record(stats, f"{stage.name}.group", rows.num_rows, time.perf_counter() - t0, start, time.time(), setup)
+    return out
+
+
+class _StageActor:
+    """Holds a stateful stage (a model, an index) in a Ray actor for the whole run."""
+
+    def __init__(self, stage_config: StageConfig, stats: Any, num_buckets: int) -> None:
+        self.stage_config, self.stats, self.num_buckets = stage_config, stats, num_buckets
+        _worker_stage(stage_config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _map_stage(batch, self.stage_config, self.stats, self.num_buckets)
+
+
+# -- building the plan -----------------------------------------------------------------------------------
+
+
+def _shuffle_partitions(files: list[InputFile]) -> int:
+    total = sum(f.size for f in files)
+    return max(1, min(4096, math.ceil(total * _SIGNAL_BYTES_PER_INPUT_BYTE / _SHUFFLE_BYTES_PER_PARTITION)))
+
+
+def build_plan(cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any):
+    """The lazy Ray Dataset of accepted documents with every stage's columns (nothing runs yet)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    items = [asdict(f) for f in files]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        _read_files,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"input_cfg": cfg.input, "run_path": run.path, "stats": stats},
+        # reading is I/O-bound; a different CPU request also keeps Ray from fusing it with the first stage,
+        # so the document batches of one large file spread over all workers instead of staying in one task
+        num_cpus=READ_CPUS,
+    )
+    # a reader emits one block per file; split it so that one large file spreads over every worker
+    ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
+    last_text_user = max((i for i, sc in enumerate(cfg.stages) if "text" in sc.build().inputs), default=-1)
+    partitions = _shuffle_partitions(files)
+    if last_text_user < 0 and not cfg.output.keep_text:
+        ds = ds.drop_columns(["text"])
+    for i, sc in enumerate(cfg.stages):
+        stage = sc.build()
+        res = sc.resources
+        common = dict(
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus or None,
+            memory=res.memory,
+        )
+        if not stage.stateful and not res.num_gpus:
+            # cheap to set up: plain Ray tasks (fused with their neighbours), scheduled freely
+            ds = ds.map_batches(
+                _map_stage,
+                fn_kwargs={"stage_config": sc, "stats": stats, "num_buckets": partitions},
+                concurrency=res.concurrency,
+                **common,
+            )
+        else:
+            ds = ds.map_batches(
+                _StageActor,
+                fn_constructor_kwargs={"stage_config": sc, "stats": stats, "num_buckets": partitions},
+                compute=ActorPoolStrategy(min_size=1, max_size=res.concurrency or _default_actors(res)),
+                **common,
+            )
+        if i == last_text_user and not cfg.output.keep_text:
+            ds = ds.drop_columns(["text"])
+        if stage.group_key:
+            ds = ds.groupby(BUCKET_COLUMN, num_partitions=partitions).map_groups(
+                _group_stage,
+                batch_format="pyarrow",
+                fn_kwargs={"stage_config": sc, "stats": stats},
+            )
+    return ds
+
+
+def _default_actors(res: Any) -> int:
+    """Leave one CPU for readers and writers."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per = max(res.num_cpus, 1e-3)
+    return max(1, int((cpus - 1) // per))
+
+
+# -- running a job ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_job` returns: where the run is and its manifest."""
+
+    run_dir: str
+    manifest: dict[str, Any]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "dq-ray": __version__}
+    for pkg in ("ray", "pyarrow", "datatrove", "spacy", "fsspec", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _stage_table(raw: dict[str, dict[str, Any]], order: list[str]) -> dict[str, dict[str, Any]]:
+    table = {}
+    for name in order:
+        s = raw.get(name)
+        if not s:
+            continue
+        wall = max(s["end"] - s["start"], 1e-9)
+        table[name] = {
+            "rows": s["rows"],
+            "wall_s": round(wall, 3),
+            "busy_s": round(s["busy_s"], 3),
+            "setup_s": round(s["setup_s"], 3),
+            "docs_per_s": round(s["rows"] / wall, 1),
+            "docs_per_busy_s": round(s["rows"] / s["busy_s"], 1) if s["busy_s"] > 0 else None,
+        }
+    return table
+
+
+def run_job(cfg: JobConfig, overwrite: bool = False) -> RunResult:
+    """Run a whole job: read, score, group, write ``docs/``, ``rejected/`` and ``manifest.json``.
+
+    Input paths and the config are checked before Ray starts. Raises on failure after recording
+    ``status: failed`` and the error in the manifest.
+    """
+    files = discover_inputs(cfg.input)
+    stages = [sc.build() for sc in cfg.stages]
+    run = RunDir(cfg.output.path)
+    run.prepare(overwrite=overwrite)
+    started = time.time()
+    manifest: dict[str, Any] = {
+        "dq_ray_version": __version__,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": run.path,
+        "config": cfg.to_dict(),
+        "versions": _versions(),
+        "inputs": {"files": len(files), "bytes": sum(f.size for f in files)},
+        "stage_info": {s.name: s.describe() for s in stages},
+    }
+    run.write_json("manifest.json", manifest)
+    log.info("run %s: %d input file(s), stages: %s", run.path, len(files), [s.name for s in stages])
+    try:
+        with ray_session(cfg.ray) as ray_info:
+            import ray.data
+
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = os.environ.get("DQ_RAY_PROGRESS", "0") == "1"
+            manifest["ray"] = ray_info
+            stats = _stats_actor_class().remote()
+            ds = build_plan(cfg, files, run, stats)
+            t0 = time.time()
+            ds.write_parquet(run.docs, min_rows_per_file=50_000)
+            write_wall = time.time() - t0
+            raw_stats = ray.get(stats.summary.remote())
+        order = ["read"] + [n for s in stages for n in (s.name, f"{s.name}.group")]
+        manifest["stages"] = _stage_table(raw_stats, order)
+        manifest["pipeline_wall_s"] = round(write_wall, 3)
+        manifest["counts"] = count_run(run)
+        manifest["flags"] = summarise_flags(run)
+        if not manifest["counts"]["consistent"]:
+            raise RuntimeError(f"document counts do not add up: {manifest['counts']}")
+        manifest["status"] = "succeeded"
+    except BaseException as exc:
+        manifest["status"] = "failed"
+        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest["wall_s"] = round(time.time() - started, 3)
+        run.write_json("manifest.json", manifest)
+    return RunResult(run.path, manifest)
+
+
+def count_run(run: RunDir) -> dict[str, Any]:
+    """Input records (from the per-file receipts) against accepted and rejected rows actually written."""
+    receipts = run.receipts()
+    input_records = sum(r["records"] for r in receipts)
+    accepted = run.count_rows("docs")
+    rejected_table = run.read_table("rejected", columns=["reason"])
+    rejected = rejected_table.num_rows
+    by_reason: dict[str, int] = {}
+    if rejected:
+        counts = pc.value_counts(rejected_table.column("reason")).to_pylist()
+        by_reason = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
+    return {
+        "input": input_records,
+        "accepted": accepted,
+        "rejected": rejected,
+        "rejected_by_reason": by_reason,
+        "consistent": input_records == accepted + rejected,
+    }
+
+
+def summarise_flags(run: RunDir) -> dict[str, dict[str, int]]:
+    """True/false/null counts of every boolean signal in ``docs/`` (``*_pass``, ``*_keep``...), streamed."""
+    import pyarrow.dataset as pads
+
+    files = run.fs.glob(f"{run.root}/docs/**/*.parquet")
+    if not files:
+        return {}
+    dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
+    bool_cols = [f.name for f in dataset.schema if pa.types.is_boolean(f.type)]
+    totals = {c: {"true": 0, "false": 0, "null": 0} for c in bool_cols}
+    for batch in dataset.to_batches(columns=bool_cols):
+        for col in bool_cols:
+            arr = batch.column(col)
+            trues = pc.sum(arr).as_py() or 0
+            nulls = arr.null_count
+            totals[col]["true"] += trues
+            totals[col]["null"] += nulls
+            totals[col]["false"] += len(arr) - trues - nulls
+    return totals

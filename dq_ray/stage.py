@@ -1,0 +1,160 @@
+"""The one abstraction of dq-ray: a :class:`Stage` maps ``pyarrow.Table`` batches to ``pyarrow.Table`` batches.
+
+A stage declares the columns it reads (``inputs``) and the columns it adds (``outputs``), the resources one
+copy of it needs (:class:`Resources`), and a typed, frozen ``Params`` dataclass that mirrors its YAML block.
+Heavy state (a model, an index) is loaded once per Ray actor in :meth:`Stage.setup`; :meth:`Stage.process`
+is pure and can be unit-tested without Ray.
+
+A stage that also needs every row sharing a key in one place (exact duplicates, for example) sets
+``group_key`` and implements :meth:`Stage.process_groups`: after the per-batch map the pipeline shuffles rows
+into hash buckets of that key (a Ray groupby) and hands each bucket over whole. ``pipeline.py`` is the only
+module that turns stages into Ray Data operators.
+
+Adding a signal is one file in ``dq_ray/stages/``::
+
+    @register
+    class Shout(Stage):
+        name = "shout"
+        inputs = ("text",)
+        outputs = {"shout_ratio": pa.float32()}
+
+        def process(self, batch):
+            ratio = [sum(c.isupper() for c in t) / max(len(t), 1) for t in batch["text"].to_pylist()]
+            return batch.append_column("shout_ratio", pa.array(ratio, pa.float32()))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one copy (Ray actor) of a stage needs, and how many copies may run.
+
+    Attributes:
+        num_cpus: CPUs reserved per actor.
+        num_gpus: GPUs per actor; 0 means the stage never asks for a GPU.
+        memory: bytes of heap memory reserved per actor (None: no reservation).
+        concurrency: the most actors at once (None: as many as the CPUs allow, leaving one for I/O).
+        batch_size: rows per batch handed to :meth:`Stage.process`.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None
+    concurrency: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ValueError("num_cpus and num_gpus must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A stage without settings."""
+
+
+class Stage:
+    """Base class of every signal stage. Override :meth:`process` (and :meth:`setup` for heavy state).
+
+    Class attributes a subclass sets:
+        name: the registry name used in YAML (``stages: [{name: heuristics}]``).
+        inputs: columns the stage reads.
+        outputs: columns the stage adds, with their Arrow types (the public schema).
+        Params: a frozen dataclass of the stage's settings.
+        default_resources: resources unless the config overrides them.
+        group_key: set for stages that also need a shuffle by this column (see :meth:`process_groups`).
+        stateful: True for stages whose setup is expensive (a model): they run in a pool of Ray actors that
+            live for the whole run. Otherwise they run as Ray tasks, set up once per worker process.
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[dict[str, pa.DataType]] = {}
+    Params: ClassVar[type] = NoParams
+    default_resources: ClassVar[Resources] = Resources()
+    group_key: ClassVar[str | None] = None
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self._ready = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load heavy state (models, indexes). Called once per actor before the first batch."""
+
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    # -- the work -------------------------------------------------------------------------------------
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Return ``batch`` with this stage's ``outputs`` appended. Must keep the row count and order."""
+        raise NotImplementedError
+
+    def process_groups(self, rows: pa.Table) -> pa.Table:
+        """For stages with a ``group_key``: a table holding, for every key value in it, all rows with that value.
+
+        Return it with the stage's remaining outputs appended (any row order).
+        """
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.ensure_setup()
+        return self.process(batch)
+
+    # -- helpers for subclasses ----------------------------------------------------------------------
+    @classmethod
+    def output_schema(cls) -> pa.Schema:
+        return pa.schema(list(cls.outputs.items()))
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about this stage (its settings; subclasses may add model names...)."""
+        return {"params": dataclasses.asdict(self.params)}
+
+
+def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """Append (or replace) columns on a table, keeping their declared order."""
+    for col, values in columns.items():
+        idx = batch.schema.get_field_index(col)
+        batch = batch.set_column(idx, col, values) if idx >= 0 else batch.append_column(col, values)
+    return batch
+
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available to configs under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"stage name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Stage]]:
+    """All registered stages by name (importing the built-in stage modules first)."""
+    from dq_ray import stages  # noqa: F401  (registers the built-ins)
+
+    return dict(_REGISTRY)
+
+
+def get_stage(name: str) -> type[Stage]:
+    stages = registry()
+    if name not in stages:
+        raise KeyError(f"unknown stage {name!r}; valid stages: {', '.join(sorted(stages))}")
+    return stages[name]

@@ -92,10 +92,17 @@ class RayConfig:
     Attributes:
         address: a cluster address; null means ``$RAY_ADDRESS`` if set, else an embedded local Ray.
         num_cpus: CPUs for an embedded local Ray (null: all of this machine's).
+        shuffle_partitions: partitions of grouping shuffles (exact duplicates); null sizes them from the
+            input bytes (about 128 MiB of signal rows each).
     """
 
     address: str | None = None
     num_cpus: int | None = None
+    shuffle_partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
+            raise ConfigError("ray.shuffle_partitions must be >= 1 or null")
 
 
 @dataclass(frozen=True)

@@ -90,10 +90,12 @@ def _stats_actor_class():
         def __init__(self) -> None:
             self.data: dict[str, dict[str, Any]] = {}
 
-        def record(self, stage: str, rows: int, busy: float, start: float, end: float, setup: float) -> None:
+        def record(self, stage: str, rows: int, busy: float, start: float, end: float, setup: float, node: str) -> None:
             s = self.data.setdefault(
-                stage, {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0}
+                stage,
+                {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0, "nodes": set()},
             )
+            s["nodes"].add(node)
             s["rows"] += rows
             s["busy_s"] += busy
             s["setup_s"] += setup
@@ -110,7 +112,8 @@ def _stats_actor_class():
 def _record(stats: Any, stage: str, rows: int, busy: float, start: float, end: float, setup: float = 0.0):
     import ray
 
-    ray.get(stats.record.remote(stage, rows, busy, start, end, setup))
+    node = ray.get_runtime_context().get_node_id()
+    ray.get(stats.record.remote(stage, rows, busy, start, end, setup, node))
 
 
 # -- Ray Data UDFs ---------------------------------------------------------------------------------------
@@ -190,7 +193,9 @@ class _StageActor:
 # -- building the plan -----------------------------------------------------------------------------------
 
 
-def _shuffle_partitions(files: list[InputFile]) -> int:
+def _shuffle_partitions(cfg: JobConfig, files: list[InputFile]) -> int:
+    if cfg.ray.shuffle_partitions:
+        return cfg.ray.shuffle_partitions
     total = sum(f.size for f in files)
     return max(1, min(4096, math.ceil(total * _SIGNAL_BYTES_PER_INPUT_BYTE / _SHUFFLE_BYTES_PER_PARTITION)))
 
@@ -214,7 +219,7 @@ def build_plan(cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any):
     # a reader emits one block per file; split it so that one large file spreads over every worker
     ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
     last_text_user = max((i for i, sc in enumerate(cfg.stages) if "text" in sc.build().inputs), default=-1)
-    partitions = _shuffle_partitions(files)
+    partitions = _shuffle_partitions(cfg, files)
     if last_text_user < 0 and not cfg.output.keep_text:
         ds = ds.drop_columns(["text"])
     for i, sc in enumerate(cfg.stages):
@@ -292,11 +297,12 @@ def _stage_table(raw: dict[str, dict[str, Any]], order: list[str]) -> dict[str, 
         wall = max(s["end"] - s["start"], 1e-9)
         table[name] = {
             "rows": s["rows"],
-            "wall_s": round(wall, 3),
-            "busy_s": round(s["busy_s"], 3),
-            "setup_s": round(s["setup_s"], 3),
+            "wall_s": round(wall, 6),
+            "busy_s": round(s["busy_s"], 6),
+            "setup_s": round(s["setup_s"], 6),
             "docs_per_s": round(s["rows"] / wall, 1),
             "docs_per_busy_s": round(s["rows"] / s["busy_s"], 1) if s["busy_s"] > 0 else None,
+            "nodes": sorted(s["nodes"]),
         }
     return table
 

@@ -1,0 +1,36 @@
+"""Shared fixtures: one local Ray for the whole session, and a tiny corpus of real text."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from dq_ray.demo import DemoSizes, build_demo_corpus
+
+TINY = DemoSizes(wikipedia=40, news=12, tweets=30, speeches=15, duplicates=6)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster (2 CPUs), started once for the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """~100 real documents in every input format, planted duplicates and broken records."""
+    out = tmp_path_factory.mktemp("corpus")
+    build_demo_corpus(out, TINY, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_summary(tiny_corpus) -> dict:
+    return json.loads((tiny_corpus / "_corpus.json").read_text())

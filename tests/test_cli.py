@@ -1,0 +1,79 @@
+"""The dq-ray command, in process (sharing the session's Ray) and once as a real subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dq_ray.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_prints_summary_and_honours_options(ray_local, tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "configs/demo.yaml", "--input", str(tiny_corpus), "--output", str(out)]
+    args += ["--set", "input.batch_rows=25", "--set", "stages.heuristics.params.filters=[gopher_quality]"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"run directory: {out}" in result.output
+    assert "documents in" in result.output and "rejected" in result.output and "docs/s" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["input"]["batch_rows"] == 25
+    docs = pq.read_table(out / "docs").to_pylist()
+    assert all(d["heur_c4_pass"] is None for d in docs)  # only gopher_quality ran
+    assert any(d["heur_gopher_quality_pass"] is not None for d in docs)
+    # a second run into the same directory is refused with a clear message
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_clear_errors_before_ray(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(main, ["run", "configs/demo.yaml", "--input", str(tmp_path / "nope.jsonl")])
+    assert r.exit_code != 0 and "does not exist" in r.output
+    r = runner.invoke(main, ["run", "configs/demo.yaml", "--set", "stages.0.name=bogus"])
+    assert r.exit_code != 0 and "unknown stage 'bogus'" in r.output
+
+
+def test_validate_and_stages(tiny_corpus):
+    runner = CliRunner()
+    r = runner.invoke(main, ["validate", "configs/demo.yaml", "--input", str(tiny_corpus)])
+    assert r.exit_code == 0, r.output
+    assert "6 input file(s)" in r.output and "heuristics -> heur_gopher_quality_pass" in r.output
+    r = runner.invoke(main, ["stages"])
+    assert r.exit_code == 0 and "exact_dedup" in r.output and "reads: text" in r.output
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_embedded_ray(tiny_corpus, tmp_path):
+    """`dq-ray run` as a user types it: a new process that starts (and stops) its own local Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "e2e"
+    cmd = [str(Path(sys.executable).with_name("dq-ray")), "run", "configs/demo.yaml"]
+    cmd += ["--input", str(tiny_corpus), "--output", str(out), "--set", "ray.num_cpus=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kept" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["ray"]["mode"] == "embedded"
+    assert manifest["counts"]["consistent"] and manifest["counts"]["accepted"] == 103
+
+
+def test_job_entry_point(ray_local, tiny_corpus, tmp_path, capsys):
+    """jobs/score.py is what `ray job submit` runs; here it joins the already running Ray."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import score
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "job"
+    code = score.main(["--config", "configs/demo.yaml", "--input", str(tiny_corpus), "--output", str(out)])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["counts"]["accepted"] == 103

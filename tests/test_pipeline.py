@@ -1,0 +1,117 @@
+"""The whole pipeline on a real local Ray and a tiny corpus of real text."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from dq_ray.config import load_config
+from dq_ray.io import REJECT_REASONS, RunExistsError
+from dq_ray.pipeline import run_job
+from dq_ray.stages.heuristics import Heuristics
+
+
+def demo_cfg(corpus, out, **extra):
+    data = {
+        "input": {"paths": [str(corpus)], "keep_fields": ["source"], "batch_rows": 20},
+        "output": {"path": str(out)},
+        "ray": {"shuffle_partitions": 3},  # several hash buckets, so groups must not depend on the split
+        "stages": [
+            {"name": "heuristics", "resources": {"batch_size": 16}},
+            {"name": "exact_dedup"},
+        ],
+    }
+    for key, value in extra.items():
+        section, field = key.split("__")
+        data.setdefault(section, {})[field] = value
+    return load_config(data)
+
+
+@pytest.fixture(scope="module")
+def run(ray_local, tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return run_job(demo_cfg(tiny_corpus, out))
+
+
+def docs_of(run_dir):
+    return pq.read_table(f"{run_dir}/docs").to_pylist()
+
+
+def test_counts_add_up_and_manifest_records_the_run(run, tiny_summary):
+    m = json.loads(open(f"{run.run_dir}/manifest.json").read())
+    expected_docs = sum(tiny_summary["documents"].values())
+    c = m["counts"]
+    assert m["status"] == "succeeded"
+    assert c["input"] == expected_docs + tiny_summary["broken_records"]
+    assert c["accepted"] == expected_docs and c["rejected"] == tiny_summary["broken_records"]
+    assert c["input"] == c["accepted"] + c["rejected"] and c["consistent"]
+    assert set(c["rejected_by_reason"]) <= set(REJECT_REASONS)
+    for stage in ("read", "heuristics", "exact_dedup", "exact_dedup.group"):
+        s = m["stages"][stage]
+        assert s["rows"] > 0 and s["wall_s"] > 0 and s["docs_per_s"] > 0
+    assert m["stages"]["heuristics"]["rows"] == expected_docs
+    assert m["config"]["stages"][0]["name"] == "heuristics"
+    assert {"ray", "datatrove", "pyarrow", "python"} <= set(m["versions"])
+    assert m["inputs"]["files"] == 6
+    assert m["flags"]["exact_dup_keep"]["false"] >= tiny_summary["documents"]["duplicates"]
+
+
+def test_docs_have_one_row_per_document_and_every_signal(run, tiny_summary):
+    docs = docs_of(run.run_dir)
+    assert len(docs) == len({d["id"] for d in docs}) == sum(tiny_summary["documents"].values())
+    cols = set(docs[0])
+    assert set(Heuristics.outputs) <= cols
+    assert {"id", "source_file", "source_index", "source", "exact_dup_group", "exact_dup_keep"} <= cols
+    assert "text" not in cols and "_dq_bucket" not in cols
+    by_source = {d["source"] for d in docs}
+    assert by_source == {"wikipedia", "news", "tweets", "speeches"}
+
+
+def test_planted_duplicates_found_with_exactly_one_kept(run, tiny_corpus):
+    docs = docs_of(run.run_dir)
+    groups = {}
+    for d in docs:
+        groups.setdefault(d["exact_dup_group"], []).append(d)
+    for members in groups.values():
+        assert sum(m["exact_dup_keep"] for m in members) == 1
+        assert all(m["exact_dup_count"] == len(members) for m in members)
+    by_id = {d["id"]: d for d in docs}
+    planted = [json.loads(line) for line in (tiny_corpus / "duplicates.jsonl").read_text().splitlines()]
+    dup_rows = [d for d in docs if d["source_file"].endswith("duplicates.jsonl")]
+    assert len(dup_rows) == len(planted)
+    for row, record in zip(sorted(dup_rows, key=lambda d: d["source_index"]), planted):
+        original = by_id[record["duplicate_of"]]
+        assert row["exact_dup_group"] == original["exact_dup_group"]
+        # the copy comes from duplicates.jsonl, which sorts before news/speeches/wikipedia files
+        assert row["exact_dup_keep"] is True and original["exact_dup_keep"] is False
+    # ids: given where present, generated (file#line) where not
+    assert {r["id"] for r in dup_rows} == {
+        record.get("id", f"duplicates.jsonl#{i}") for i, record in enumerate(planted, start=1)
+    }
+
+
+def test_rejected_rows_carry_location_and_reason(run):
+    rejected = pq.read_table(f"{run.run_dir}/rejected").to_pylist()
+    assert sorted(r["reason"] for r in rejected) == sorted(
+        ["malformed_json", "invalid_utf8", "missing_text_field", "empty_text", "text_not_string", "not_an_object"]
+    )
+    assert all(r["source_file"].endswith("broken.jsonl") and r["stage"] == "read" for r in rejected)
+    assert sorted(r["source_index"] for r in rejected) == [1, 2, 3, 4, 5, 6]
+
+
+def test_refuses_to_overwrite_then_overwrites(run, ray_local, tiny_corpus):
+    cfg = demo_cfg(tiny_corpus, run.run_dir)
+    with pytest.raises(RunExistsError):
+        run_job(cfg)
+    # a second run with keep_text and only one stage replaces it
+    cfg = load_config(
+        {
+            "input": {"paths": [str(tiny_corpus / "news.jsonl")]},
+            "output": {"path": run.run_dir, "keep_text": True},
+            "stages": ["exact_dedup"],
+        }
+    )
+    again = run_job(cfg, overwrite=True)
+    docs = docs_of(again.run_dir)
+    assert again.manifest["counts"]["accepted"] == len(docs) == 12
+    assert all(d["text"] for d in docs) and "heur_c4_pass" not in docs[0]

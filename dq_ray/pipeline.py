@@ -59,7 +59,7 @@ def ray_session(cfg: RayConfig) -> Iterator[dict[str, Any]]:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             log.info("starting an embedded local Ray")
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
         started = True
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines

@@ -18,7 +18,7 @@ def ray_local():
     """A real local Ray cluster (2 CPUs), started once for the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
 

@@ -15,6 +15,7 @@ import dataclasses
 import glob as globlib
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
+from fsspec.implementations.local import LocalFileSystem
 
 from dq_ray.config import ConfigError, InputConfig
 
@@ -397,10 +399,8 @@ class RunDir:
 
     def __init__(self, path: str) -> None:
         self.fs, root = fsspec.core.url_to_fs(path)
-        if _qualify(self.fs, "/") == "/":  # local: absolute, so Ray workers agree on it
-            import os
-
-            root = os.path.abspath(root)
+        if isinstance(self.fs, LocalFileSystem):
+            root = os.path.abspath(root)  # so every Ray worker agrees on it
         self.root = root.rstrip("/")
         self.path = _qualify(self.fs, self.root)
 

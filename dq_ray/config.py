@@ -94,11 +94,15 @@ class RayConfig:
         num_cpus: CPUs for an embedded local Ray (null: all of this machine's).
         shuffle_partitions: partitions of grouping shuffles (exact duplicates); null sizes them from the
             input bytes (about 128 MiB of signal rows each).
+        reserve_operator_resources: Ray Data's per-operator resource reservation. It keeps a long pipeline
+            from starving its later operators, but on a small cluster it leaves one stage a single CPU;
+            null turns it off below 8 CPUs and on from 8.
     """
 
     address: str | None = None
     num_cpus: int | None = None
     shuffle_partitions: int | None = None
+    reserve_operator_resources: bool | None = None
 
     def __post_init__(self) -> None:
         if self.shuffle_partitions is not None and self.shuffle_partitions < 1:

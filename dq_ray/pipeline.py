@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BUCKET_COLUMN = "_dq_bucket"
 READ_CPUS = 0.5
+ROWS_PER_FILE = 100_000
 #: Bytes of shuffled signal rows per groupby partition we aim for (signals are ~10% of input bytes).
 _SHUFFLE_BYTES_PER_PARTITION = 128 * 2**20
 _SIGNAL_BYTES_PER_INPUT_BYTE = 0.1
@@ -255,6 +256,10 @@ def build_plan(cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any):
                 batch_format="pyarrow",
                 fn_kwargs={"stage_config": sc, "stats": stats},
             )
+    if not (cfg.stages and cfg.stages[-1].build().group_key):
+        # gather small blocks into files of up to ROWS_PER_FILE rows; a separate operator, so the stages
+        # before it keep their own small batches spread over every worker
+        ds = ds.repartition(target_num_rows_per_block=ROWS_PER_FILE)
     return ds
 
 
@@ -336,11 +341,13 @@ def run_job(cfg: JobConfig, overwrite: bool = False) -> RunResult:
 
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = os.environ.get("DQ_RAY_PROGRESS", "0") == "1"
+            reserve = cfg.ray.reserve_operator_resources
+            ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
             manifest["ray"] = ray_info
             stats = _stats_actor_class().remote()
             ds = build_plan(cfg, files, run, stats)
             t0 = time.time()
-            ds.write_parquet(run.docs, min_rows_per_file=50_000)
+            ds.write_parquet(run.docs)
             write_wall = time.time() - t0
             raw_stats = ray.get(stats.summary.remote())
         order = ["read"] + [n for s in stages for n in (s.name, f"{s.name}.group")]

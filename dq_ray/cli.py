@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -25,6 +26,8 @@ log = logging.getLogger("dq_ray")
 
 
 def _setup_logging(verbose: bool) -> None:
+    if not verbose:  # Ray Data's per-dataset INFO lines; read when ray.data is first imported
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

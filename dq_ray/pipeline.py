@@ -62,8 +62,6 @@ def ray_session(cfg: RayConfig) -> Iterator[dict[str, Any]]:
             log.info("starting an embedded local Ray")
             ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
         started = True
-        if not log.isEnabledFor(logging.DEBUG):
-            logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         yield {

@@ -1,6 +1,7 @@
 """The whole pipeline on a real local Ray and a tiny corpus of real text."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -108,10 +109,12 @@ def test_refuses_to_overwrite_then_overwrites(run, ray_local, tiny_corpus):
         {
             "input": {"paths": [str(tiny_corpus / "news.jsonl")]},
             "output": {"path": run.run_dir, "keep_text": True},
-            "stages": ["exact_dedup"],
+            "stages": [{"name": "heuristics", "params": {"filters": ["gopher_quality"]}}],
         }
     )
     again = run_job(cfg, overwrite=True)
     docs = docs_of(again.run_dir)
     assert again.manifest["counts"]["accepted"] == len(docs) == 12
-    assert all(d["text"] for d in docs) and "heur_c4_pass" not in docs[0]
+    assert all(d["text"] for d in docs) and "exact_dup_keep" not in docs[0]
+    assert all(d["heur_gopher_quality_pass"] is not None and d["heur_c4_pass"] is None for d in docs)
+    assert len(list((Path(again.run_dir) / "docs").glob("*.parquet"))) == 1  # small blocks gathered into one file

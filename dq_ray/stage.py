@@ -10,6 +10,12 @@ A stage that also needs every row sharing a key in one place (exact duplicates, 
 into hash buckets of that key (a Ray groupby) and hands each bucket over whole. ``pipeline.py`` is the only
 module that turns stages into Ray Data operators.
 
+Global signals (an index, centroids, duplicate components) follow **fit / apply**: a stage that overrides
+:meth:`Stage.fit` gets, before it runs, the materialized output of every stage before it (:class:`FitData`:
+a deterministic sample, or the whole dataset for distributed fits). ``fit`` writes its artifacts into
+``RUN/artifacts/<stage>/`` and returns what the manifest should record; then the stage is set up in every
+worker with ``self.artifacts_dir`` pointing there and maps over every row like any other stage.
+
 Adding a signal is one file in ``dq_ray/stages/``::
 
     @register
@@ -26,8 +32,9 @@ Adding a signal is one file in ``dq_ray/stages/``::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
@@ -64,6 +71,28 @@ class NoParams:
     """A stage without settings."""
 
 
+class FitData(Protocol):
+    """What :meth:`Stage.fit` sees: the output of every stage before it, materialized.
+
+    Attributes:
+        artifacts_dir: where the fit writes its artifacts (``RUN/artifacts/<stage>``; an fsspec path, created).
+    """
+
+    artifacts_dir: str
+
+    def num_rows(self) -> int:
+        """Rows (documents) in the data."""
+        ...
+
+    def sample(self, columns: Sequence[str], n: int, seed: int = 0) -> pa.Table:
+        """A deterministic uniform sample of ``n`` rows (all rows when ``n >= num_rows()``), in input order."""
+        ...
+
+    def dataset(self, columns: Sequence[str] | None = None) -> Any:
+        """The whole data as a lazy ``ray.data.Dataset``, for distributed fits (map, groupby...)."""
+        ...
+
+
 class Stage:
     """Base class of every signal stage. Override :meth:`process` (and :meth:`setup` for heavy state).
 
@@ -88,7 +117,20 @@ class Stage:
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.artifacts_dir: str | None = None  # set by the pipeline: RUN/artifacts/<name>
         self._ready = False
+
+    @classmethod
+    def needs_fit(cls) -> bool:
+        return cls.fit is not Stage.fit
+
+    def fit(self, data: FitData) -> dict[str, Any]:
+        """Fit global state on the upstream data, write it into ``data.artifacts_dir``; return manifest info.
+
+        Only stages that override this get a fit step. It runs on the driver (use ``data.dataset()`` for
+        distributed work) once per run, before the stage maps over any row.
+        """
+        raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -158,3 +200,34 @@ def get_stage(name: str) -> type[Stage]:
     if name not in stages:
         raise KeyError(f"unknown stage {name!r}; valid stages: {', '.join(sorted(stages))}")
     return stages[name]
+
+
+class TableFitData:
+    """:class:`FitData` over an in-memory table: for unit tests of a stage's ``fit`` without a pipeline run."""
+
+    def __init__(self, table: pa.Table, artifacts_dir: str) -> None:
+        import os
+
+        self.table, self.artifacts_dir = table, artifacts_dir
+        os.makedirs(artifacts_dir, exist_ok=True)
+
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def sample(self, columns: Sequence[str], n: int, seed: int = 0) -> pa.Table:
+        return sample_rows(self.table.select(list(columns)), n, seed)
+
+    def dataset(self, columns: Sequence[str] | None = None) -> Any:
+        import ray.data
+
+        return ray.data.from_arrow(self.table.select(list(columns)) if columns else self.table)
+
+
+def sample_rows(table: pa.Table, n: int, seed: int = 0) -> pa.Table:
+    """``n`` rows drawn uniformly without replacement by a seeded generator, kept in their original order."""
+    import numpy as np
+
+    if n >= table.num_rows:
+        return table
+    picked = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=n, replace=False))
+    return table.take(pa.array(picked))

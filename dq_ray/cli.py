@@ -140,7 +140,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"{'stage':<20}{'docs':>9}{'wall s':>9}{'docs/s':>10}",
     ]
     for name, s in manifest.get("stages", {}).items():
-        lines.append(f"{name:<20}{s['rows']:>9,}{s['wall_s']:>9.2f}{s['docs_per_s']:>10,.0f}")
+        if "rows" in s:
+            lines.append(f"{name:<20}{s['rows']:>9,}{s['wall_s']:>9.2f}{s['docs_per_s']:>10,.0f}")
+        else:  # a fit step: one pass on the driver
+            lines.append(f"{name:<20}{'':>9}{s['wall_s']:>9.2f}")
     flags = manifest.get("flags", {})
     passes = {k: v for k, v in flags.items() if k.endswith("_pass")}
     if passes:

@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,13 +29,14 @@ import xxhash
 from dq_ray import __version__
 from dq_ray.config import JobConfig, RayConfig, StageConfig
 from dq_ray.io import InputFile, RunDir, ShardResult, discover_inputs, read_shard
-from dq_ray.stage import Stage
+from dq_ray.stage import Stage, get_stage
 
 log = logging.getLogger(__name__)
 
 BUCKET_COLUMN = "_dq_bucket"
 READ_CPUS = 0.5
 ROWS_PER_FILE = 100_000
+SAMPLE_KEY = "_dq_sample_key"
 #: Bytes of shuffled signal rows per groupby partition we aim for (signals are ~10% of input bytes).
 _SHUFFLE_BYTES_PER_PARTITION = 128 * 2**20
 _SIGNAL_BYTES_PER_INPUT_BYTE = 0.1
@@ -136,15 +137,24 @@ def _read_files(batch: pa.Table, input_cfg: Any, run_path: str, stats: Any) -> I
         _record(stats, "read", result.records, busy, start, time.time())
 
 
+@dataclass(frozen=True)
+class StageRef:
+    """What a Ray worker needs to rebuild a stage: its config and where its fitted artifacts are."""
+
+    config: StageConfig
+    artifacts_dir: str
+
+
 _WORKER_STAGES: dict[int, tuple[Stage, float]] = {}
 
 
-def _worker_stage(stage_config: StageConfig) -> tuple[Stage, float]:
+def _worker_stage(ref: StageRef) -> tuple[Stage, float]:
     """The stage object of this worker process, built and set up once (returns it and its setup time)."""
-    key = hash((stage_config.name, repr(stage_config.params)))
+    key = hash((ref.config.name, repr(ref.config.params), ref.artifacts_dir))
     if key not in _WORKER_STAGES:
         t0 = time.perf_counter()
-        stage = stage_config.build()
+        stage = ref.config.build()
+        stage.artifacts_dir = ref.artifacts_dir
         stage.ensure_setup()
         _WORKER_STAGES[key] = (stage, time.perf_counter() - t0)
         return _WORKER_STAGES[key]
@@ -156,8 +166,8 @@ def _bucket_of(keys: pa.Array, num_buckets: int) -> pa.Array:
     return pa.array([xxhash.xxh32_intdigest(str(v).encode()) % num_buckets for v in values], pa.int32())
 
 
-def _map_stage(batch: pa.Table, stage_config: StageConfig, stats: Any, num_buckets: int) -> pa.Table:
-    stage, setup = _worker_stage(stage_config)
+def _map_stage(batch: pa.Table, ref: StageRef, stats: Any, num_buckets: int) -> pa.Table:
+    stage, setup = _worker_stage(ref)
     start, t0 = time.time(), time.perf_counter()
     out = stage.process(batch)
     if out.num_rows != batch.num_rows:
@@ -168,8 +178,8 @@ def _map_stage(batch: pa.Table, stage_config: StageConfig, stats: Any, num_bucke
     return out
 
 
-def _group_stage(rows: pa.Table, stage_config: StageConfig, stats: Any) -> pa.Table:
-    stage, setup = _worker_stage(stage_config)
+def _group_stage(rows: pa.Table, ref: StageRef, stats: Any) -> pa.Table:
+    stage, setup = _worker_stage(ref)
     start, t0 = time.time(), time.perf_counter()
     out = stage.process_groups(rows.drop_columns([BUCKET_COLUMN]))
     if out.num_rows != rows.num_rows:
@@ -181,12 +191,56 @@ def _group_stage(rows: pa.Table, stage_config: StageConfig, stats: Any) -> pa.Ta
 class _StageActor:
     """Holds a stateful stage (a model, an index) in a Ray actor for the whole run."""
 
-    def __init__(self, stage_config: StageConfig, stats: Any, num_buckets: int) -> None:
-        self.stage_config, self.stats, self.num_buckets = stage_config, stats, num_buckets
-        _worker_stage(stage_config)
+    def __init__(self, ref: StageRef, stats: Any, num_buckets: int) -> None:
+        self.ref, self.stats, self.num_buckets = ref, stats, num_buckets
+        _worker_stage(ref)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _map_stage(batch, self.stage_config, self.stats, self.num_buckets)
+        return _map_stage(batch, self.ref, self.stats, self.num_buckets)
+
+
+def _sample_key(batch: pa.Table, seed: int, cutoff: int) -> pa.Table:
+    """Rows whose pseudo-random key (stable across runs, independent of how rows are split) is <= cutoff."""
+    files = batch.column("source_file").to_pylist()
+    idx = batch.column("source_index").to_pylist()
+    keys = pa.array([xxhash.xxh3_64_intdigest(f"{f}#{i}".encode(), seed=seed) for f, i in zip(files, idx)], pa.uint64())
+    batch = batch.append_column(SAMPLE_KEY, keys)
+    return batch.filter(pc.less_equal(keys, pa.scalar(cutoff, pa.uint64())))
+
+
+# -- fit data --------------------------------------------------------------------------------------------
+
+
+class ParquetFitData:
+    """:class:`~dq_ray.stage.FitData` over a segment's materialized output (``RUN/_work/segment-N/``)."""
+
+    def __init__(self, path: str, artifacts_dir: str, rows: int) -> None:
+        self.path, self.artifacts_dir, self._rows = path, artifacts_dir, rows
+
+    def num_rows(self) -> int:
+        return self._rows
+
+    def dataset(self, columns: Sequence[str] | None = None):
+        import ray.data
+
+        return ray.data.read_parquet(self.path, columns=list(columns) if columns else None)
+
+    def sample(self, columns: Sequence[str], n: int, seed: int = 0) -> pa.Table:
+        """Keep the rows with the ``n`` smallest hash keys (drawn in Ray tasks), in input order."""
+        keys = ["source_file", "source_index"]
+        cols = list(dict.fromkeys([*columns, *keys]))
+        # oversample by a hash threshold in Ray tasks, then cut exactly n on the driver
+        fraction = min(1.0, 1.5 * n / max(self._rows, 1) + 1e-3) if n < self._rows else 1.0
+        cutoff = min(2**64 - 1, int(fraction * 2**64))
+        ds = self.dataset(cols).map_batches(
+            _sample_key, fn_kwargs={"seed": seed, "cutoff": cutoff}, batch_format="pyarrow"
+        )
+        rows = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+        table = pa.concat_tables(rows) if rows else pa.table({c: [] for c in cols + [SAMPLE_KEY]})
+        if table.num_rows > n:
+            table = table.take(pc.sort_indices(table, [(SAMPLE_KEY, "ascending")])[:n])
+        table = table.take(pc.sort_indices(table, [(k, "ascending") for k in keys]))
+        return table.select(list(columns))
 
 
 # -- building the plan -----------------------------------------------------------------------------------
@@ -199,31 +253,56 @@ def _shuffle_partitions(cfg: JobConfig, files: list[InputFile]) -> int:
     return max(1, min(4096, math.ceil(total * _SIGNAL_BYTES_PER_INPUT_BYTE / _SHUFFLE_BYTES_PER_PARTITION)))
 
 
-def build_plan(cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any):
-    """The lazy Ray Dataset of accepted documents with every stage's columns (nothing runs yet)."""
-    import ray
-    from ray.data import ActorPoolStrategy
+def segments_of(stages: Sequence[StageConfig]) -> list[list[int]]:
+    """Split the stage list where a stage needs a fit: each segment's output is materialized before it."""
+    segments: list[list[int]] = [[]]
+    for i, sc in enumerate(stages):
+        if get_stage(sc.name).needs_fit():
+            segments.append([])
+        segments[-1].append(i)
+    return segments
 
-    items = [asdict(f) for f in files]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(
-        _read_files,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"input_cfg": cfg.input, "run_path": run.path, "stats": stats},
-        # reading is I/O-bound; a different CPU request also keeps Ray from fusing it with the first stage,
-        # so the document batches of one large file spread over all workers instead of staying in one task
-        num_cpus=READ_CPUS,
-    )
-    # a reader emits one block per file; split it so that one large file spreads over every worker
-    ds = ds.repartition(target_num_rows_per_block=cfg.input.batch_rows)
-    last_text_user = max((i for i, sc in enumerate(cfg.stages) if "text" in sc.build().inputs), default=-1)
-    partitions = _shuffle_partitions(cfg, files)
-    if last_text_user < 0 and not cfg.output.keep_text:
-        ds = ds.drop_columns(["text"])
-    for i, sc in enumerate(cfg.stages):
-        stage = sc.build()
-        res = sc.resources
+
+class Plan:
+    """Builds and runs the Ray Data plan of one job, segment by segment."""
+
+    def __init__(self, cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any) -> None:
+        self.cfg, self.files, self.run, self.stats = cfg, files, run, stats
+        self.stages = [sc.build() for sc in cfg.stages]
+        self.partitions = _shuffle_partitions(cfg, files)
+        users = [i for i, st in enumerate(self.stages) if "text" in st.inputs]
+        self.last_text_user = max(users, default=-1)
+        self.fits: dict[str, dict[str, Any]] = {}
+        self.timings: dict[str, float] = {}
+
+    def ref(self, i: int) -> StageRef:
+        sc = self.cfg.stages[i]
+        return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"))
+
+    def read(self):
+        """One read task per input file, then blocks split so one large file spreads over every worker."""
+        import ray
+
+        items = [asdict(f) for f in self.files]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = ds.map_batches(
+            _read_files,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"input_cfg": self.cfg.input, "run_path": self.run.path, "stats": self.stats},
+            # reading is I/O-bound; a different CPU request also keeps Ray from fusing it with the first stage
+            num_cpus=READ_CPUS,
+        )
+        ds = ds.repartition(target_num_rows_per_block=self.cfg.input.batch_rows)
+        if self.last_text_user < 0 and not self.cfg.output.keep_text:
+            ds = ds.drop_columns(["text"])
+        return ds
+
+    def apply(self, ds, i: int):
+        """Stage ``i`` as one ``map_batches`` (tasks, or an actor pool for stateful/GPU stages) + its groupby."""
+        from ray.data import ActorPoolStrategy
+
+        stage, ref, res = self.stages[i], self.ref(i), self.cfg.stages[i].resources
         common = dict(
             batch_size=res.batch_size,
             batch_format="pyarrow",
@@ -235,30 +314,69 @@ def build_plan(cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any):
             # cheap to set up: plain Ray tasks (fused with their neighbours), scheduled freely
             ds = ds.map_batches(
                 _map_stage,
-                fn_kwargs={"stage_config": sc, "stats": stats, "num_buckets": partitions},
+                fn_kwargs={"ref": ref, "stats": self.stats, "num_buckets": self.partitions},
                 concurrency=res.concurrency,
                 **common,
             )
         else:
             ds = ds.map_batches(
                 _StageActor,
-                fn_constructor_kwargs={"stage_config": sc, "stats": stats, "num_buckets": partitions},
+                fn_constructor_kwargs={"ref": ref, "stats": self.stats, "num_buckets": self.partitions},
                 compute=ActorPoolStrategy(min_size=1, max_size=res.concurrency or _default_actors(res)),
                 **common,
             )
-        if i == last_text_user and not cfg.output.keep_text:
+        if i == self.last_text_user and not self.cfg.output.keep_text:
             ds = ds.drop_columns(["text"])
         if stage.group_key:
-            ds = ds.groupby(BUCKET_COLUMN, num_partitions=partitions).map_groups(
-                _group_stage,
-                batch_format="pyarrow",
-                fn_kwargs={"stage_config": sc, "stats": stats},
+            ds = ds.groupby(BUCKET_COLUMN, num_partitions=self.partitions).map_groups(
+                _group_stage, batch_format="pyarrow", fn_kwargs={"ref": ref, "stats": self.stats}
             )
-    if not (cfg.stages and cfg.stages[-1].build().group_key):
-        # gather small blocks into files of up to ROWS_PER_FILE rows; a separate operator, so the stages
-        # before it keep their own small batches spread over every worker
-        ds = ds.repartition(target_num_rows_per_block=ROWS_PER_FILE)
-    return ds
+        return ds
+
+    def write(self, ds, path: str, last_is_group: bool) -> None:
+        if not last_is_group:
+            # gather small blocks into files of up to ROWS_PER_FILE rows; a separate operator, so the
+            # stages before it keep their own small batches spread over every worker
+            ds = ds.repartition(target_num_rows_per_block=ROWS_PER_FILE)
+        ds.write_parquet(path)
+
+    def fit(self, i: int, work_name: str) -> None:
+        stage, name = self.stages[i], self.stages[i].name
+        data = ParquetFitData(self.run.sub(work_name), self.ref(i).artifacts_dir, self.run.count_rows(work_name))
+        self.run.fs.makedirs(f"{self.run.root}/artifacts/{name}", exist_ok=True)
+        stage.artifacts_dir = data.artifacts_dir
+        t0 = time.perf_counter()
+        log.info("fitting %s on %d documents", name, data.num_rows())
+        self.fits[name] = stage.fit(data) or {}
+        self.timings[f"{name}.fit"] = time.perf_counter() - t0
+
+    def execute(self) -> None:
+        """Run every segment; materialize between segments; write ``docs/``."""
+        import ray.data
+
+        segments = segments_of(self.cfg.stages)
+        ds = self.read()
+        for n, segment in enumerate(segments):
+            if n > 0:
+                work = f"_work/segment-{n - 1}"
+                t0 = time.perf_counter()
+                prev = segments[n - 1]
+                self.write(ds, self.run.sub(work), last_is_group=bool(prev) and self._is_group(prev[-1]))
+                self.timings[f"segment-{n - 1}"] = time.perf_counter() - t0
+                self.fit(segment[0], work)
+                ds = ray.data.read_parquet(self.run.sub(work))
+                ds = ds.repartition(target_num_rows_per_block=self.cfg.input.batch_rows)
+            for i in segment:
+                ds = self.apply(ds, i)
+        t0 = time.perf_counter()
+        last = segments[-1]
+        self.write(ds, self.run.docs, last_is_group=bool(last) and self._is_group(last[-1]))
+        self.timings[f"segment-{len(segments) - 1}"] = time.perf_counter() - t0
+        if len(segments) > 1:
+            self.run.fs.rm(f"{self.run.root}/_work", recursive=True)
+
+    def _is_group(self, i: int) -> bool:
+        return bool(self.stages[i].group_key)
 
 
 def _default_actors(res: Any) -> int:
@@ -291,9 +409,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _stage_table(raw: dict[str, dict[str, Any]], order: list[str]) -> dict[str, dict[str, Any]]:
-    table = {}
+def _stage_table(
+    raw: dict[str, dict[str, Any]], order: list[str], timings: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
     for name in order:
+        if name in timings and name.endswith(".fit"):
+            table[name] = {"wall_s": round(timings[name], 6)}
+            continue
         s = raw.get(name)
         if not s:
             continue
@@ -343,13 +466,15 @@ def run_job(cfg: JobConfig, overwrite: bool = False) -> RunResult:
             ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
             manifest["ray"] = ray_info
             stats = _stats_actor_class().remote()
-            ds = build_plan(cfg, files, run, stats)
+            plan = Plan(cfg, files, run, stats)
             t0 = time.time()
-            ds.write_parquet(run.docs)
+            plan.execute()
             write_wall = time.time() - t0
             raw_stats = ray.get(stats.summary.remote())
-        order = ["read"] + [n for s in stages for n in (s.name, f"{s.name}.group")]
-        manifest["stages"] = _stage_table(raw_stats, order)
+        order = ["read"] + [n for s in stages for n in (f"{s.name}.fit", s.name, f"{s.name}.group")]
+        manifest["stages"] = _stage_table(raw_stats, order, plan.timings)
+        for name, info in plan.fits.items():
+            manifest["stage_info"][name]["fit"] = info
         manifest["pipeline_wall_s"] = round(write_wall, 3)
         manifest["counts"] = count_run(run)
         manifest["flags"] = summarise_flags(run)

@@ -136,7 +136,7 @@ def _variant(text: str, k: int) -> str:
         return text
     if k % 3 == 1:
         return "  " + text.upper().replace(" ", "   ") + "\n"
-    return text.replace(",", "").replace(".", " . ") + "!"
+    return text.replace(",", "").replace(";", " ;") + " !!"
 
 
 def _write_jsonl(path: Path, docs: list[dict[str, Any]]) -> None:

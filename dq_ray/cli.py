@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("ray", "ray.data", "filelock", "fsspec"):
+    for noisy in ("ray", "ray.data", "filelock", "fsspec", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -150,9 +150,16 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines += ["", f"{'heuristic':<32}{'pass':>8}{'fail':>8}"]
         for name, v in passes.items():
             lines.append(f"{name:<32}{v['true']:>8,}{v['false']:>8,}")
-    if "exact_dup_keep" in flags:
-        dropped = flags["exact_dup_keep"]["false"]
-        lines += ["", f"exact duplicates: {dropped:,} document(s) are copies of another (exact_dup_keep = false)"]
+    dedup = [
+        ("exact_dup_keep", "exact duplicates"),
+        ("minhash_keep", "near-duplicates (MinHash)"),
+        ("semdedup_keep", "semantic duplicates"),
+    ]
+    found = [(col, label) for col, label in dedup if col in flags]
+    if found:
+        lines.append("")
+        for col, label in found:
+            lines.append(f"{label + ':':<28}{flags[col]['false']:>7,} not kept ({col} = false)")
     lines += ["", f"manifest: {manifest['run_dir']}/manifest.json"]
     return "\n".join(lines)
 

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from dq_ray.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+FAST = str(REPO / "tests" / "data" / "fast.yaml")
 
 
 def test_run_prints_summary_and_honours_options(ray_local, tiny_corpus, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "configs/demo.yaml", "--input", str(tiny_corpus), "--output", str(out)]
+    args = ["run", FAST, "--input", str(tiny_corpus), "--output", str(out)]
     args += ["--set", "input.batch_rows=25", "--set", "stages.heuristics.params.filters=[gopher_quality]"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -63,6 +64,14 @@ def test_cli_end_to_end_with_embedded_ray(tiny_corpus, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["ray"]["mode"] == "embedded"
     assert manifest["counts"]["consistent"] and manifest["counts"]["accepted"] == 103
+    # the demo config runs every stage, fitted ones included
+    for stage in ("heuristics", "embed", "exact_dedup", "minhash.fit", "semdedup.fit", "density.fit", "density"):
+        assert stage in manifest["stages"], stage
+    docs = pq.read_table(out / "docs").to_pylist()
+    for col in ("embedding", "minhash_keep", "semdedup_keep", "density_score", "density_weight"):
+        assert all(d[col] is not None for d in docs), col
+    for col in ("exact_dup_keep", "minhash_keep", "semdedup_keep"):
+        assert "not kept" in proc.stdout and sum(not d[col] for d in docs) >= 5, col
 
 
 def test_job_entry_point(ray_local, tiny_corpus, tmp_path, capsys):
@@ -73,7 +82,7 @@ def test_job_entry_point(ray_local, tiny_corpus, tmp_path, capsys):
     finally:
         sys.path.pop(0)
     out = tmp_path / "job"
-    code = score.main(["--config", "configs/demo.yaml", "--input", str(tiny_corpus), "--output", str(out)])
+    code = score.main(["--config", FAST, "--input", str(tiny_corpus), "--output", str(out)])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last)["counts"]["accepted"] == 103

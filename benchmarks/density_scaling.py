@@ -95,7 +95,7 @@ def one(n: int, method: str, queries: int, bandwidth: float | None) -> dict:
     from dq_ray.stages.embed import to_fixed_size_list
 
     x = synthetic(n)
-    table = pa.table({"id": [f"v{i}" for i in range(n)], "embedding": to_fixed_size_list(x)})
+    table = pa.table({"source_file": ["corpus"] * n, "source_index": np.arange(n), "embedding": to_fixed_size_list(x)})
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     params = DensityParams(method=method)
     row: dict = {"n": n, "method": method, "input_bytes": table.nbytes}

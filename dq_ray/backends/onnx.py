@@ -44,7 +44,7 @@ class OnnxEncoder:
         model: str,
         onnx_file: str,
         device: str,
-        batch_size: int = 64,
+        batch_size: int = 32,
         max_seq_length: int | None = None,
         num_threads: int | None = None,
     ) -> None:

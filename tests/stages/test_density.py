@@ -56,7 +56,10 @@ def corpus() -> pa.Table:
         d["text"] for d in tweet_docs()[:1200] + wikipedia_docs()[100:620] + news_docs()[:150] + speech_docs()[:130]
     ]
     texts = copies + others[: N_DOCS - len(copies)]
-    table = pa.table({"id": [f"doc{i}" for i in range(len(texts))], "text": texts})
+    n = len(texts)
+    table = pa.table(
+        {"id": [f"doc{i}" for i in range(n)], "text": texts, "source_file": ["c.jsonl"] * n, "source_index": range(n)}
+    )
     embed = Embed(EmbedParams(backend="onnx", max_seq_length=32, batch_size=128))
     embed.ensure_setup()
     return embed.process(table).drop_columns(["text"])
@@ -75,7 +78,7 @@ def test_knn_matches_exact_kde(ray_local, corpus, tmp_path):
     assert info["index"] == "flat" and info["n"] == N_DOCS and info["bandwidth_estimated"]
     assert sorted(os.listdir(tmp_path)) == ["density.json", "doc_keys.npy", "index.faiss"]
     out = stage.process(corpus)
-    assert out.column_names == ["id", "embedding", "density_score", "density_weight"]
+    assert out.column_names == ["id", "source_file", "source_index", "embedding", "density_score", "density_weight"]
     assert out.schema.field("density_score").type == pa.float32()
     score = out.column("density_score").to_numpy()
     exact = exact_kde(embeddings_to_numpy(corpus.column("embedding")), info["bandwidth"])
@@ -176,7 +179,9 @@ def test_artifacts_on_an_fsspec_url(ray_local, corpus, tmp_path, method):
 def test_tiny_corpus_and_exact_duplicates(ray_local, corpus, tmp_path):
     """Fewer documents than k, and exact copies: a copy counts as a neighbour, the document itself never."""
     rows = corpus.slice(10, 5)
-    twins = pa.concat_tables([rows, rows.slice(0, 1).set_column(0, "id", pa.array(["twin"]))])
+    twin = rows.slice(0, 1)
+    twin = twin.set_column(twin.schema.get_field_index("source_index"), "source_index", pa.array([10**6]))
+    twins = pa.concat_tables([rows, twin])
     stage, _ = _fitted(twins, tmp_path, DensityParams(bandwidth=0.3))
     score = stage.process(twins).column("density_score").to_numpy()
     assert score[0] == pytest.approx(score[-1]) and score[0] >= 1.0  # each other's exact copy: K(0) = 1

@@ -131,6 +131,8 @@ def test_auto_resolves_vllm_then_cuda_then_cpu(monkeypatch):
     assert backends.resolve("auto", "cpu") == ("sentence-transformers", "cpu")
     monkeypatch.setattr(backends, "has_module", lambda module: True)
     assert backends.resolve("auto", "auto") == ("vllm", "cuda")
+    monkeypatch.setattr(backends, "onnx_cuda_available", lambda: False)
+    assert backends.resolve("onnx", "auto") == ("onnx", "cpu")
     with pytest.raises(backends.MissingEngine, match="pip install"):
         monkeypatch.setattr(backends, "has_module", lambda module: False)
         backends.require("vllm")
@@ -143,6 +145,7 @@ def test_gpu_resources_follow_the_cluster():
     gpu = stage.resources_for(cpu, cluster_gpus=4)
     assert (gpu.num_gpus, gpu.concurrency, gpu.batch_size) == (1, 4, 1024)
     assert Embed(EmbedParams(device="cpu")).resources_for(cpu, cluster_gpus=4) == cpu
+    assert Embed(EmbedParams(backend="onnx")).resources_for(cpu, cluster_gpus=4) == cpu
     with pytest.raises(RuntimeError, match="no GPU"):
         Embed(EmbedParams(device="cuda")).resources_for(cpu, cluster_gpus=0)
 
@@ -158,10 +161,10 @@ class _EmbedActor:
         return self.stage.process(batch)
 
 
-def test_embed_runs_in_ray_actors(ray_local, torch_stage, texts):
+def test_embed_runs_in_ray_actors(ray_local, onnx_stage, texts):
     import ray.data
 
-    stage = Embed(EmbedParams(backend="auto", device="auto", max_seq_length=MAX_TOKENS))  # pickled un-set-up
+    stage = Embed(EmbedParams(backend="onnx", max_seq_length=MAX_TOKENS))  # pickled before set-up; no torch
     ds = ray.data.from_arrow(_batch(texts)).map_batches(
         _EmbedActor,
         fn_constructor_kwargs={"stage": stage},
@@ -171,7 +174,7 @@ def test_embed_runs_in_ray_actors(ray_local, torch_stage, texts):
     )
     out = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     out = out.sort_by("id")
-    local = torch_stage.process(_batch(texts)).sort_by("id")
+    local = onnx_stage.process(_batch(texts)).sort_by("id")
     np.testing.assert_allclose(
         embeddings_to_numpy(out.column("embedding")), embeddings_to_numpy(local.column("embedding")), atol=1e-5
     )
@@ -186,3 +189,44 @@ def test_cuda_embeddings_match_cpu(torch_stage, texts):
     a = embeddings_to_numpy(torch_stage.process(_batch(texts)).column("embedding"))
     b = embeddings_to_numpy(stage.process(_batch(texts)).column("embedding"))
     assert (a * b).sum(axis=1).min() > 0.99
+
+
+class _FakeOutput:
+    def __init__(self, ids: list[int]) -> None:
+        self.outputs = type("Pooled", (), {"embedding": [float(len(ids)), 1.0, 0.0]})()
+
+
+class _FakeLLM:
+    """Stands in for vllm.LLM: records how the engine is built and called (vllm is GPU-only)."""
+
+    calls: list = []
+
+    def __init__(self, model: str, **kwargs) -> None:
+        self.kwargs = {"model": model, **kwargs}
+        self.llm_engine = type("Engine", (), {"model_config": type("Cfg", (), {"max_model_len": 512})()})()
+
+    def get_tokenizer(self):
+        def tokenize(texts, truncation, max_length):
+            assert truncation
+            return {"input_ids": [list(range(min(len(t.split()), max_length))) for t in texts]}
+
+        return tokenize
+
+    def embed(self, prompts, use_tqdm=False):
+        _FakeLLM.calls.append(prompts)
+        return [_FakeOutput(p["prompt_token_ids"]) for p in prompts]
+
+
+def test_vllm_engine_against_a_stand_in(monkeypatch):
+    import sys
+    import types
+
+    from dq_ray.backends.vllm import VllmEncoder
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_FakeLLM))
+    enc = VllmEncoder("some/model", batch_size=2, max_seq_length=3)
+    assert enc.llm.kwargs["runner"] == "pooling" and enc.dim == 3 and enc.max_seq_length == 3
+    out = enc.encode(["one", "two words", "three words here", "four words are here"])
+    assert out.dtype == np.float32 and out.shape == (4, 3)
+    assert out[:, 0].tolist() == [1, 2, 3, 3]  # cut on the right to max_seq_length tokens
+    assert [len(c) for c in _FakeLLM.calls[-2:]] == [2, 2]  # batches of batch_size token prompts

@@ -266,9 +266,13 @@ def segments_of(stages: Sequence[StageConfig]) -> list[list[int]]:
 class Plan:
     """Builds and runs the Ray Data plan of one job, segment by segment."""
 
-    def __init__(self, cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any) -> None:
+    def __init__(
+        self, cfg: JobConfig, files: list[InputFile], run: RunDir, stats: Any, cluster_gpus: float = 0.0
+    ) -> None:
         self.cfg, self.files, self.run, self.stats = cfg, files, run, stats
         self.stages = [sc.build() for sc in cfg.stages]
+        #: what each stage runs with: the config's resources, adapted to the cluster (GPUs) by the stage
+        self.resources = [st.resources_for(sc.resources, cluster_gpus) for st, sc in zip(self.stages, cfg.stages)]
         self.partitions = _shuffle_partitions(cfg, files)
         users = [i for i, st in enumerate(self.stages) if "text" in st.inputs]
         self.last_text_user = max(users, default=-1)
@@ -302,7 +306,7 @@ class Plan:
         """Stage ``i`` as one ``map_batches`` (tasks, or an actor pool for stateful/GPU stages) + its groupby."""
         from ray.data import ActorPoolStrategy
 
-        stage, ref, res = self.stages[i], self.ref(i), self.cfg.stages[i].resources
+        stage, ref, res = self.stages[i], self.ref(i), self.resources[i]
         common = dict(
             batch_size=res.batch_size,
             batch_format="pyarrow",
@@ -466,7 +470,9 @@ def run_job(cfg: JobConfig, overwrite: bool = False) -> RunResult:
             ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
             manifest["ray"] = ray_info
             stats = _stats_actor_class().remote()
-            plan = Plan(cfg, files, run, stats)
+            plan = Plan(cfg, files, run, stats, cluster_gpus=ray_info["gpus"])
+            for st, res in zip(stages, plan.resources):
+                manifest["stage_info"][st.name]["resources"] = asdict(res)
             t0 = time.time()
             plan.execute()
             write_wall = time.time() - t0

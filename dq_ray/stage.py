@@ -162,6 +162,14 @@ class Stage:
     def output_schema(cls) -> pa.Schema:
         return pa.schema(list(cls.outputs.items()))
 
+    def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
+        """The resources this stage runs with on a cluster with ``cluster_gpus`` GPUs (called on the driver).
+
+        ``resources`` is what the config resolved (the stage's defaults with the config's overrides). Stages
+        with a GPU path (embed, density, askllm) override this to ask for GPUs when the cluster has them.
+        """
+        return resources
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this stage (its settings; subclasses may add model names...)."""
         return {"params": dataclasses.asdict(self.params)}

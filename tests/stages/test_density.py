@@ -76,21 +76,30 @@ def _fitted(table: pa.Table, tmp_path, params: DensityParams) -> tuple[Density, 
 def test_knn_matches_exact_kde(ray_local, corpus, tmp_path):
     stage, info = _fitted(corpus, tmp_path, DensityParams())
     assert info["index"] == "flat" and info["n"] == N_DOCS and info["bandwidth_estimated"]
-    assert sorted(os.listdir(tmp_path)) == ["density.json", "doc_keys.npy", "index.faiss"]
+    assert info["tail_anchors"] == DensityParams().tail_sample
+    assert sorted(os.listdir(tmp_path)) == ["anchors.npz", "density.json", "doc_keys.npy", "index.faiss"]
     out = stage.process(corpus)
     assert out.column_names == ["id", "source_file", "source_index", "embedding", "density_score", "density_weight"]
     assert out.schema.field("density_score").type == pa.float32()
     score = out.column("density_score").to_numpy()
-    exact = exact_kde(embeddings_to_numpy(corpus.column("embedding")), info["bandwidth"])
-    assert spearman(score, exact) >= 0.95
+    x = embeddings_to_numpy(corpus.column("embedding"))
+    exact = exact_kde(x, info["bandwidth"])
+    assert spearman(score, exact) >= 0.97, spearman(score, exact)
+    # the anchors are what makes a kernel this wide rankable from 32 neighbours
+    knn_only, _ = _fitted(corpus, tmp_path / "knn-only", DensityParams(tail_sample=0, bandwidth=info["bandwidth"]))
+    without = knn_only.process(corpus).column("density_score").to_numpy()
+    assert spearman(without, exact) < spearman(score, exact) - 0.02, (spearman(without, exact), spearman(score, exact))
 
-    # the 8 planted near-copies each count the other 7; they are among the densest (tweets hold retweets)
-    assert 6.0 < score[:8].min() and score[:8].max() < 7.1
-    assert score[:8].min() > np.quantile(score, 0.95) and np.median(score) < 1.0
+    # the 8 planted near-copies each count the other 7 (kernel ~1 each), and are among the densest
+    assert score[:8].min() > 6.0, score[:8]
+    assert score[:8].min() > np.quantile(score, 0.9)
     weight = out.column("density_weight").to_numpy()
-    assert weight[:8].max() < np.quantile(weight, 0.05)
+    assert weight[:8].max() < np.quantile(weight, 0.1)
     assert 0.9 < weight.mean() < 1.1
     assert weight.max() <= DensityParams().max_weight
+    # coverage: the crowded source (1200 short tweets) is down-weighted against the Wikipedia leads
+    tweets, wiki = weight[8:1208], weight[1208:1728]
+    assert np.median(tweets) < np.median(wiki), (np.median(tweets), np.median(wiki))
 
 
 def test_ivf_and_pq_indexes_approximate_flat(ray_local, corpus, tmp_path):
@@ -146,8 +155,9 @@ def test_density_runs_in_ray_actors(ray_local, corpus, tmp_path):
     )
     out = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None)).sort_by("id")
     expected = local.process(sample).sort_by("id")
-    np.testing.assert_allclose(out.column("density_score").to_numpy(), expected.column("density_score").to_numpy())
-    np.testing.assert_allclose(out.column("density_weight").to_numpy(), expected.column("density_weight").to_numpy())
+    # equal up to float32 rounding (BLAS sums in a different order for a 64-row batch)
+    for col in ("density_score", "density_weight"):
+        np.testing.assert_allclose(out.column(col).to_numpy(), expected.column(col).to_numpy(), rtol=1e-5)
 
 
 class _UrlFitData(TableFitData):

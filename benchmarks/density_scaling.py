@@ -24,19 +24,13 @@ import argparse
 import json
 import logging
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger("bench")
+from _common import log, mib, report_header, save_report, spearman
 
 DIM = 384
 TOPICS = 2000
@@ -74,15 +68,6 @@ def reset_peak() -> None:
             fh.write("5")
     except OSError:
         pass
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(v: np.ndarray) -> np.ndarray:
-        r = np.empty(len(v))
-        r[np.argsort(v, kind="stable")] = np.arange(len(v))
-        return r
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def one(n: int, method: str, queries: int, bandwidth: float | None) -> dict:
@@ -136,20 +121,6 @@ def one(n: int, method: str, queries: int, bandwidth: float | None) -> dict:
     row["brute_h"] = h
     row["spearman"] = spearman(scores[q], exact)
     return row
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def mib(b: float) -> str:
-    return f"{b / 2**20:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,16 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for line in notes:
         print(f"- {line}")
-    ver = versions()
-    rel = os.path.relpath(sys.executable)
-    command = shlex.join([sys.executable if rel.startswith("..") else rel, *sys.argv])
     report = [
-        "# density: scaling to a million vectors",
-        "",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- command: `{command}`",
-        f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {ver['python']}",
-        "- packages: " + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python"),
+        *report_header("density: scaling to a million vectors", PACKAGES),
         f"- data: synthetic unit vectors, {DIM} dimensions, {TOPICS} Zipf-sized topics (seed 0)",
         "",
         table,
@@ -229,11 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "kernel sum, timed on a sample of queries against all vectors and scaled to every vector (it is quadratic).",
         "",
         *(f"- {line}" for line in notes),
-        "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(report), encoding="utf-8")
-    log.info("wrote %s", args.out)
+    save_report(args.out, report)
     return 0
 
 

@@ -6,8 +6,9 @@ fp32, max_seq_length 256) and cached in ``--cache`` (``/tmp/dq-ray-bench`` by de
 
 * **exact brute force**: for every document, the Gaussian kernel summed over every other document
   (``X @ X.T`` in blocks with numpy/BLAS), with the bandwidth the ``knn`` fit estimated: the reference;
-* **knn, flat / IVF-Flat / IVF-PQ**: the ``density`` stage's fit (``TableFitData`` on a local Ray, start not
-  timed) and its ``process`` over every row in batches of 2048 in this process (what one worker does);
+* **knn, flat / IVF-Flat / IVF-PQ** (and flat without the tail anchors): the ``density`` stage's fit
+  (``TableFitData`` on a local Ray, start not timed) and its ``process`` over every row in batches of 2048 in
+  this process (what one worker does);
 * **sketch**: the stage's LSH kernel-sum sketch (counters computed in Ray tasks, summed), then ``process``.
 
 For each method: Spearman rank correlation of ``density_score`` with the exact KDE, and the speed ratio
@@ -24,18 +25,13 @@ import argparse
 import json
 import logging
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger("bench")
+from _common import log, report_header, save_report, spearman
 
 PACKAGES = ("dq-ray", "ray", "faiss-cpu", "numpy", "sentence-transformers", "torch")
 BLOCK = 1024
@@ -83,15 +79,6 @@ def brute_force(x: np.ndarray, kernel) -> np.ndarray:
     return out
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(v: np.ndarray) -> np.ndarray:
-        r = np.empty(len(v))
-        r[np.argsort(v, kind="stable")] = np.arange(len(v))
-        return r
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
 def run_method(table, params, workdir: Path) -> tuple[np.ndarray, np.ndarray, dict, float, float]:
     """Fit and apply the density stage; return scores, weights, fit info, fit seconds, apply seconds."""
     import pyarrow as pa
@@ -116,16 +103,6 @@ def run_method(table, params, workdir: Path) -> tuple[np.ndarray, np.ndarray, di
         fit_s,
         apply_s,
     )
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     methods = {
         "knn, flat (exact search)": DensityParams(index="flat"),
+        "knn, flat, no tail anchors (tail_sample 0)": DensityParams(index="flat", tail_sample=0),
         "knn, IVF-Flat": DensityParams(index="ivf_flat"),
         "knn, IVF-PQ (48 bytes/vector)": DensityParams(index="ivf_pq"),
         "sketch (128 tables x 12 bits)": DensityParams(method="sketch"),
@@ -215,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Spearman {spearman(sketch_score, exact_lsh):.3f}",
         f"the exact KDE's own kernel vs the sketch's kernel, both exact: Spearman {spearman(exact, exact_lsh):.3f}",
         f"knn flat: the k={DensityParams().k} neighbours hold a median "
-        f"{np.median(flat_score / np.maximum(exact, 1e-30)):.1%} of the exact kernel mass",
+        f"{np.median(results['knn, flat, no tail anchors (tail_sample 0)'][0] / np.maximum(exact, 1e-30)):.1%} "
+        "of the exact kernel mass; the anchors estimate the rest",
         f"weights (knn flat): mean {flat_weight.mean():.3f}, min {flat_weight.min():.3f}, max {flat_weight.max():.3f}",
         *(
             f"{name}: fit info {json.dumps({k: v for k, v in r[2].items() if k != 'weight_normaliser'})}"
@@ -229,16 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in notes:
         print(f"- {line}")
 
-    ver = versions()
-    rel = os.path.relpath(sys.executable)
-    command = shlex.join([sys.executable if rel.startswith("..") else rel, *sys.argv])
     report = [
-        "# density: the stage's methods vs exact brute-force KDE",
-        "",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- command: `{command}`",
-        f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {ver['python']}",
-        "- packages: " + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python"),
+        *report_header("density: the stage's methods vs exact brute-force KDE", PACKAGES),
         f"- data: {n} real documents ({', '.join(f'{k} {v}' for k, v in counts.items())}), embedded with "
         "all-MiniLM-L6-v2 (fp32 torch, 384 dimensions, L2-normalised, max_seq_length 256)",
         "",
@@ -254,11 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "\n".join(by_source),
         "",
         *(f"- {line}" for line in notes),
-        "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(report), encoding="utf-8")
-    log.info("wrote %s", args.out)
+    save_report(args.out, report)
     return 0
 
 

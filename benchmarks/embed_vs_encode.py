@@ -27,118 +27,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import orjson
+from _common import QUIET, Interference, Row, log, report_header, save_report, wait_quiet
 
-log = logging.getLogger("bench")
-
-#: before each measurement, wait (at most max_wait_s) until the machine is at most busy_share busy
-QUIET = {"busy_share": 0.25, "max_wait_s": 180.0}
 PACKAGES = ("dq-ray", "ray", "torch", "sentence-transformers", "transformers", "onnxruntime", "tokenizers", "numpy")
-
-
-@dataclass
-class Row:
-    system: str
-    docs: int = 0
-    walls: list[float] = field(default_factory=list)
-    busy_before: list[float | None] = field(default_factory=list)
-    others_cpu: list[float] = field(default_factory=list)
-
-    @property
-    def wall_s(self) -> float:
-        return min(self.walls)
-
-    @property
-    def docs_per_s(self) -> float:
-        return self.docs / self.wall_s
-
-    def add(self, docs: int, wall: float, busy: float | None, others: float) -> None:
-        self.docs = docs
-        self.walls.append(wall)
-        self.busy_before.append(busy)
-        self.others_cpu.append(others)
-
-
-def _cpu_by_pid() -> dict[int, tuple[int, float]]:
-    """{pid: (parent pid, CPU seconds used so far)} of every process."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
-class Interference:
-    """CPU seconds used during a measurement by processes that are not this one or its descendants (another
-    user's jobs on a shared machine). Processes that start and end inside the window are not seen."""
-
-    def __enter__(self) -> Interference:
-        self.start = _cpu_by_pid()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        end = _cpu_by_pid()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in {**self.start, **end}.items():
-            children.setdefault(ppid, []).append(pid)
-        ours, todo = set(), [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            if pid not in ours:
-                ours.add(pid)
-                todo.extend(children.get(pid, []))
-        self.others = sum(cpu - self.start.get(pid, (0, 0.0))[1] for pid, (_, cpu) in end.items() if pid not in ours)
-
-
-def machine_busy(interval: float = 1.0) -> float | None:
-    """Share of the machine's CPU time that was busy over ``interval`` seconds (None: unknown)."""
-
-    def times() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
-        return values[3] + values[4], sum(values)
-
-    try:
-        idle0, total0 = times()
-        time.sleep(interval)
-        idle1, total1 = times()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total1 - total0
-    return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
-
-
-def wait_quiet(what: str) -> float | None:
-    """Wait (up to QUIET["max_wait_s"]) until other processes leave the CPUs alone; return the last busy share."""
-    start = time.monotonic()
-    while True:
-        busy = machine_busy()
-        if busy is None or busy <= QUIET["busy_share"]:
-            return busy
-        if time.monotonic() - start > QUIET["max_wait_s"]:
-            log.warning("the machine is still %.0f%% busy; measuring %s anyway", 100 * busy, what)
-            return busy
-        log.info("the machine is %.0f%% busy with other processes; waiting before %s", 100 * busy, what)
-        time.sleep(2)
 
 
 def prepare_input(input_path: str, shards: int, limit: int | None, out_dir: Path) -> list[tuple[str, str]]:
@@ -211,21 +110,6 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     cos = (a * b).sum(axis=1)
     return float(cos.min()), float(cos.mean())
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def command_line() -> str:
-    rel = os.path.relpath(sys.executable)
-    return shlex.join([sys.executable if rel.startswith("..") else rel, *sys.argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,27 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             f"dq-ray {key}: embed stage span {st.get('wall_s')} s, busy {st.get('busy_s')} s over the actors, "
             f"model setup {st.get('setup_s')} s; run_job wall {manifest.get('wall_s')} s"
         )
-    rounds = [
-        f"{row.system}: "
-        + ", ".join(
-            f"{t:.2f} s ({0 if b is None else 100 * b:.0f}% busy before; other processes used {o:.1f} CPU-s during it)"
-            for t, b, o in zip(row.walls, row.busy_before, row.others_cpu)
-        )
-        for row in rows.values()
-    ]
+    rounds = [row.rounds_line() for row in rows.values()]
     print()
     print(table)
     for line in notes + rounds + problems:
         print(f"- {line}")
 
-    ver = versions()
     report = [
-        "# embed: dq-ray vs a bare model.encode loop",
-        "",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- command: `{command_line()}`",
-        f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {ver['python']}",
-        "- packages: " + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python"),
+        *report_header("embed: dq-ray vs a bare model.encode loop", PACKAGES),
         f"- input: `{args.input}` read through dq-ray's reader: {len(docs)} accepted documents in {args.workers} "
         f"JSONL shard(s); model all-MiniLM-L6-v2 (packaged), max_seq_length {seq}; {args.workers} Ray CPUs; "
         f"{args.rounds} round(s), fastest kept",
@@ -364,11 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *(f"- {line}" for line in notes + rounds),
         *(["", "## problems", *(f"- {p}" for p in problems)] if problems else []),
-        "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(report), encoding="utf-8")
-    log.info("wrote %s", args.out)
+    save_report(args.out, report)
     return 1 if problems else 0
 
 

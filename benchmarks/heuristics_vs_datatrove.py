@@ -31,23 +31,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import orjson
+from _common import Row as _Row
+from _common import log, report_header, save_report, wait_quiet
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-
-log = logging.getLogger("bench")
 
 #: dq-ray's filter names (``heur_<name>_pass``) in the order dq-ray runs them, with datatrove's class names.
 FILTERS = {
@@ -59,9 +55,6 @@ FILTERS = {
 #: datatrove's usual order for the chained pipeline.
 CHAIN_ORDER = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
 LANGUAGE = "en"
-#: before each measurement, wait (at most QUIET_MAX_WAIT_S) until the machine is at most this busy
-QUIET_BUSY_SHARE = 0.25
-QUIET_MAX_WAIT_S = 180.0
 PACKAGES = ("dq-ray", "ray", "datatrove", "pyarrow", "spacy", "numpy", "orjson", "multiprocess")
 
 
@@ -115,65 +108,10 @@ class AllFiltersKeepAll(PipelineStep):
 
 
 @dataclass
-class Row:
-    """One system: the wall time of each round (the table shows the fastest round)."""
+class Row(_Row):
+    """One system (see :class:`_common.Row`), with notes on dq-ray's fastest round."""
 
-    system: str
-    docs: int = 0
-    walls: list[float] = field(default_factory=list)
-    busy_before: list[float | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def wall_s(self) -> float:
-        return min(self.walls)
-
-    @property
-    def docs_per_s(self) -> float:
-        return self.docs / self.wall_s if self.wall_s > 0 else float("nan")
-
-    def add(self, docs: int, wall: float, busy: float | None) -> None:
-        if self.walls and docs != self.docs:
-            raise RuntimeError(f"{self.system}: {docs} documents in one round, {self.docs} in another")
-        self.docs = docs
-        self.walls.append(wall)
-        self.busy_before.append(busy)
-
-
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:9]]
-    return values[3] + values[4], sum(values)  # idle + iowait, total
-
-
-def machine_busy(interval: float = 1.0) -> float | None:
-    """Share of the whole machine's CPU time that was busy over ``interval`` seconds (None: unknown)."""
-    try:
-        idle0, total0 = _cpu_times()
-        time.sleep(interval)
-        idle1, total1 = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total1 - total0
-    return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
-
-
-def wait_quiet(what: str) -> float | None:
-    """Wait (up to QUIET_MAX_WAIT_S) until other processes leave the CPUs alone; return the last busy share.
-
-    The machine is shared: another job running on it would be timed along with ours.
-    """
-    start = time.monotonic()
-    while True:
-        busy = machine_busy()
-        if busy is None or busy <= QUIET_BUSY_SHARE:
-            return busy
-        waited = time.monotonic() - start
-        if waited > QUIET_MAX_WAIT_S:
-            log.warning("the machine is still %.0f%% busy after %.0f s; measuring %s anyway", 100 * busy, waited, what)
-            return busy
-        log.info("the machine is %.0f%% busy with other processes; waiting before %s", 100 * busy, what)
-        time.sleep(2)
 
 
 def prepare_input(input_path: str, shards: int, repeat: int, out_dir: Path) -> int:
@@ -292,13 +230,6 @@ def markdown_table(rows: list[Row], baseline: Row) -> str:
     return "\n".join(lines)
 
 
-def rounds_lines(rows: list[Row]) -> list[str]:
-    def fmt(wall: float, busy: float | None) -> str:
-        return f"{wall:.2f} s" + (f" ({100 * busy:.0f}% busy before)" if busy is not None else "")
-
-    return [f"{row.system}: " + ", ".join(fmt(w, b) for w, b in zip(row.walls, row.busy_before)) for row in rows]
-
-
 def pass_table(dq: dict[str, int], dt: dict[str, int], chained: dict[str, str], total: int) -> str:
     lines = [
         f"| filter | dq-ray passes | datatrove same-work passes | match | chained: kept / seen (of {total}) |",
@@ -308,22 +239,6 @@ def pass_table(dq: dict[str, int], dt: dict[str, int], chained: dict[str, str], 
         ok = "yes" if dq[name] == dt[name] else "**NO**"
         lines.append(f"| {name} | {dq[name]} | {dt[name]} | {ok} | {chained.get(name, '')} |")
     return "\n".join(lines)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def command_line() -> str:
-    exe = sys.executable
-    rel = os.path.relpath(exe)
-    return shlex.join([exe if rel.startswith("..") else rel, *sys.argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown_table(rows, same_row)
     passes_md = pass_table(dq_passes, dt_passes, chained, n_docs)
-    per_round = rounds_lines(rows)
+    per_round = [row.rounds_line() for row in rows]
     print()
     print(table)
     print()
@@ -402,15 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     if dt_errors:
         print(f"\nfilters that raised in the same-work baseline (counted as failures): {dt_errors}")
 
-    ver = versions()
     best = "the fastest of the rounds" if args.rounds > 1 else "one run"
     report = [
-        "# heuristics: dq-ray vs datatrove",
-        "",
-        f"- date: {datetime.now(timezone.utc).astimezone().isoformat(timespec='seconds')}",
-        f"- command: `{command_line()}`",
-        f"- machine: {os.cpu_count()} CPUs (nproc), {platform.platform()}, Python {ver['python']}",
-        "- packages: " + ", ".join(f"{k} {v}" for k, v in ver.items() if k != "python"),
+        *report_header("heuristics: dq-ray vs datatrove", PACKAGES),
         f"- input: `{args.input}` read through dq-ray's reader: {n_docs} accepted documents (repeat "
         f"{args.repeat}) written as {args.workers} uncompressed JSONL shard(s); {args.workers} Ray CPUs, "
         f"{args.workers} datatrove tasks and workers; {args.rounds} round(s)",
@@ -435,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         report += ["", f"Filters that raised in the same-work baseline (counted as failures): {dt_errors}"]
     if problems:
         report += ["", "## PROBLEMS", "", *[f"- {p}" for p in problems]]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(report) + "\n", encoding="utf-8")
-    print(f"\nwrote {out}")
+    save_report(args.out, report)
     for p in problems:
         log.error(p)
     return 1 if problems else 0

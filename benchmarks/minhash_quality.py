@@ -29,25 +29,20 @@ import argparse
 import itertools
 import logging
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
-from importlib import metadata
 
 import numpy as np
 import pyarrow as pa
+from _common import log, report_header, save_report
 
 from dq_ray.demo import news_docs, speech_docs, wikipedia_docs
 from dq_ray.planted import KINDS, PlantedDoc, planted_corpus
 from dq_ray.stage import TableFitData
 from dq_ray.stages._groups import UnionFind
 from dq_ray.stages.minhash import MinHashDedup, MinHasher, MinHashParams
-
-log = logging.getLogger("bench")
 
 CONFIGS = {
     "default (5-gram, 14x8)": {},
@@ -60,6 +55,7 @@ CONFIGS = {
 JACCARD_THRESHOLDS = (0.7, 0.8)
 #: Background documents taken from each source.
 WIKI, NEWS, SPEECH = 4000, 1500, 1000
+PACKAGES = ("dq-ray", "ray", "datatrove", "numpy", "xxhash")
 
 
 def build_corpus(originals: int, seed: int, fraction: float = 1.0) -> list[PlantedDoc]:
@@ -212,15 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(args, docs: list[PlantedDoc], results: list, agree: bool) -> None:
     kinds = list(KINDS)
     copies = {k: sum(d.kind == k for d in docs) for k in kinds}
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("dq-ray", "ray", "datatrove", "numpy", "xxhash"))
     lines = [
-        "# minhash: quality on planted near-duplicates",
-        "",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- command: `.venv/bin/python {shlex.join(['benchmarks/minhash_quality.py', *sys.argv[1:]])}`",
-        f"- machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
-        f"load average before the run {os.getloadavg()[0]:.1f}",
-        f"- packages: {versions}",
+        *report_header("minhash: quality on planted near-duplicates", PACKAGES, load_average=os.getloadavg()[0]),
         f"- corpus: {len(docs)} documents ({sum(d.kind == 'background' for d in docs)} background, "
         f"{sum(d.kind == 'original' for d in docs)} originals, copies: "
         + ", ".join(f"{k} {copies[k]}" for k in kinds)
@@ -249,9 +238,7 @@ def write_report(args, docs: list[PlantedDoc], results: list, agree: bool) -> No
         f"datatrove's groups {'equal' if agree else 'DIFFER FROM'} dq-ray's (`hash_fc: sha1`) as a partition of "
         "the documents.",
     ]
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    save_report(args.out, lines)
     print("\n".join(lines))
 
 

@@ -29,19 +29,17 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from _common import log, mib, report_header, save_report
 
 DIM = 384
 DUP_SHARE = 0.02
@@ -49,8 +47,7 @@ THRESHOLD = 0.95
 ROWS_PER_BUCKET = 50_000
 ASSIGN_BATCH = 8192
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-log = logging.getLogger("bench")
+PACKAGES = ("dq-ray", "faiss-cpu", "numpy", "pyarrow")
 
 
 def make_vectors(n: int, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -200,20 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _mib(b: float) -> str:
-    return f"{b / 2**20:,.0f}"
-
-
 def write_report(args, rows: list, load: float) -> None:
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("dq-ray", "faiss-cpu", "numpy", "pyarrow"))
     lines = [
-        "# semdedup: scaling against brute force",
-        "",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-        f"- command: `.venv/bin/python {shlex.join(['benchmarks/semdedup_scaling.py', *sys.argv[1:]])}`",
-        f"- machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}; "
-        f"load average before the run {load:.1f}",
-        f"- packages: {versions}",
+        *report_header("semdedup: scaling against brute force", PACKAGES, load_average=load),
         f"- data: unit vectors, dim {DIM}, around N/1000 (>= 10) topics, {DUP_SHARE:.0%} planted near-duplicates; "
         f"threshold {THRESHOLD}; seed {args.seed}; {args.threads} BLAS/OpenMP thread(s) per process",
         "",
@@ -226,7 +212,7 @@ def write_report(args, rows: list, load: float) -> None:
     for n, sem, brute in rows:
         if brute is not None:
             last_brute = (n, brute["pair_s"])
-            brute_s, brute_rss = f"{brute['pair_s']:.1f}", _mib(brute["peak_rss_bytes"])
+            brute_s, brute_rss = f"{brute['pair_s']:.1f}", mib(brute["peak_rss_bytes"])
             ratio = f"{brute['pair_s'] / sem['total_s']:.1f}x"
             found = sem["pairs_set"] & brute["pairs_set"]
             recall = f"{len(found) / max(len(brute['pairs_set']), 1):.4f}"
@@ -243,7 +229,7 @@ def write_report(args, rows: list, load: float) -> None:
         lines.append(
             f"| {n:,} | {sem['n_clusters']:,} ({sem['largest_cluster']:,}) | {sem['fit_s']:.1f} | "
             f"{sem['assign_s']:.1f} | {sem['pair_s']:.1f} | {sem['total_s']:.1f} | "
-            f"{_mib(sem['peak_rss_bytes'])} ({_mib(sem['data_bytes'])}) | {brute_s} | {brute_rss} | {ratio} | "
+            f"{mib(sem['peak_rss_bytes'])} ({mib(sem['data_bytes'])}) | {brute_s} | {brute_rss} | {ratio} | "
             f"{sem['pairs']:,} ({brute_pairs}) | {recall} | {planted_recall:.4f} |"
         )
     lines += [
@@ -257,9 +243,7 @@ def write_report(args, rows: list, load: float) -> None:
         "of documents in one duplicate group (semdedup, and brute force in brackets); 'recall of planted pairs':",
         "share of (copy, source) pairs that semdedup puts in one group.",
     ]
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    save_report(args.out, lines)
     print("\n".join(lines))
 
 

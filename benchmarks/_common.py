@@ -142,6 +142,29 @@ class Interference:
         self.others = sum(cpu - self.start.get(pid, (0, 0.0))[1] for pid, (_, cpu) in end.items() if pid not in ours)
 
 
+# -- timing dq-ray ----------------------------------------------------------------------------------------
+
+
+def time_run_job(cfg, row: Row, num_cpus: int | None):
+    """``run_job(cfg)`` timed on a fresh embedded Ray started as ``dq-ray run`` starts it (the start is not
+    timed), after waiting for a quiet machine; the round goes into ``row``. Returns the run result."""
+    import ray
+
+    from dq_ray.pipeline import init_local_ray, run_job
+
+    init_local_ray(num_cpus)
+    try:
+        busy = wait_quiet("dq-ray")
+        with Interference() as other:
+            t0 = time.perf_counter()
+            result = run_job(cfg)
+            wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    row.add(result.manifest["counts"]["accepted"], wall, busy, other.others)
+    return result
+
+
 # -- statistics --------------------------------------------------------------------------------------------
 
 

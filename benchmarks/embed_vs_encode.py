@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from _common import QUIET, Interference, Row, log, report_header, save_report, wait_quiet
+from _common import QUIET, Interference, Row, log, report_header, save_report, time_run_job, wait_quiet
 
 PACKAGES = ("dq-ray", "ray", "torch", "sentence-transformers", "transformers", "onnxruntime", "tokenizers", "numpy")
 
@@ -66,10 +66,8 @@ def prepare_input(input_path: str, shards: int, limit: int | None, out_dir: Path
 def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, actors: int, params: dict, row: Row) -> tuple[dict, dict]:
     """Time ``run_job`` with only the embed stage; return {id: vector} read back from docs/ and the manifest."""
     import pyarrow.dataset as pads
-    import ray
 
     from dq_ray.config import load_config
-    from dq_ray.pipeline import run_job
     from dq_ray.stages.embed import embeddings_to_numpy
 
     cfg = load_config(
@@ -80,16 +78,7 @@ def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, actors: int, params
             "stages": [{"name": "embed", "params": params, "resources": {"num_cpus": 1, "concurrency": actors}}],
         }
     )
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        busy = wait_quiet("dq-ray")
-        with Interference() as other:
-            t0 = time.perf_counter()
-            result = run_job(cfg)
-            wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
-    row.add(result.manifest["counts"]["accepted"], wall, busy, other.others)
+    result = time_run_job(cfg, row, workers)
     table = pads.dataset(str(run_dir / "docs"), format="parquet").to_table(columns=["id", "embedding"])
     vectors = embeddings_to_numpy(table.column("embedding"))
     return dict(zip(table.column("id").to_pylist(), vectors)), result.manifest

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 from _common import Row as _Row
-from _common import log, report_header, save_report, wait_quiet
+from _common import log, report_header, save_report, time_run_job, wait_quiet
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
@@ -150,10 +150,8 @@ def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, row: Row) -> tuple[
     """Time ``run_job`` with the heuristics stage; return the pass counts read back from ``docs/``."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-    import ray
 
     from dq_ray.config import load_config
-    from dq_ray.pipeline import run_job
 
     cfg = load_config(
         {
@@ -163,17 +161,8 @@ def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, row: Row) -> tuple[
             "stages": [{"name": "heuristics"}],
         }
     )
-    # not timed; address="local": always a fresh embedded Ray, never a cluster someone else started here
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        busy = wait_quiet("dq-ray")
-        t0 = time.perf_counter()
-        result = run_job(cfg)
-        wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
-    manifest = result.manifest
-    row.add(manifest["counts"]["accepted"], wall, busy)
+    # a fresh embedded Ray (never a cluster someone else started here), its start not timed
+    manifest = time_run_job(cfg, row, workers).manifest
     dataset = pads.dataset(str(run_dir / "docs"), format="parquet")
     passes = dict.fromkeys(FILTERS, 0)
     for batch in dataset.to_batches(columns=[f"heur_{name}_pass" for name in FILTERS]):

@@ -1,9 +1,13 @@
 """The ``dq-ray`` command.
 
-    dq-ray run CONFIG.yaml [--input PATH ...] [--output RUN_DIR] [--set key.sub=value ...] [--overwrite]
+    dq-ray run CONFIG.yaml [--input PATH ...] [--output RUN_DIR] [--set key.sub=value ...] [--overwrite | --resume]
     dq-ray validate CONFIG.yaml [same options]     check config and inputs without starting Ray
+    dq-ray select RUN --policy POLICY.yaml [--output DIR] [--seed N]   curated subset + report of a run
     dq-ray stages                                  list the registered stages and their columns
     dq-ray demo-corpus OUT_DIR                     build the demo corpus from installed packages
+    dq-ray dashboard RUN [--port P] [--address A]  serve the map of a run (127.0.0.1 by default)
+    dq-ray dashboard-prepare RUN                   tiles + pyramid for maps beyond memory (a Ray job)
+    dq-ray demo-preference OUT_DIR                 build the constructed demo preference set (DPO, KTO, SFT)
 
 ``run`` uses the Ray cluster at ``$RAY_ADDRESS`` (or ``ray.address`` in the config) when set, and an
 embedded local Ray otherwise.
@@ -60,19 +64,52 @@ def main() -> None:
 @main.command()
 @_config_options
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
+@click.option("--resume", is_flag=True, help="Continue a killed or failed run in the output directory.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
-def run(config: str, inputs, output, overrides, overwrite: bool, verbose: bool) -> None:
+def run(config: str, inputs, output, overrides, overwrite: bool, resume: bool, verbose: bool) -> None:
     """Score every document of the inputs and write the run directory."""
     from dq_ray.io import InputError
     from dq_ray.pipeline import run_job
 
     _setup_logging(verbose)
     cfg = _load(config, inputs, output, overrides)
+    if overwrite and resume:
+        raise click.UsageError("--overwrite and --resume exclude each other")
     try:
-        result = run_job(cfg, overwrite=overwrite)
+        result = run_job(cfg, overwrite=overwrite, resume=resume)
     except (InputError, RunExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(result.manifest))
+    if cfg.selection is not None:  # the config's selection policy, applied to the finished run
+        _select(result.run_dir, cfg.selection, None, None, cfg.ray)
+
+
+def _select(run_dir: str, policy, output: str | None, seed: int | None, ray_cfg=None) -> None:
+    from dq_ray.select import format_selection, run_selection
+
+    try:
+        result = run_selection(run_dir, policy, output=output, seed=seed, ray_cfg=ray_cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_selection(result.summary))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--policy", "-p", "policy_path", required=True, type=click.Path(dir_okay=False), help="Policy YAML.")
+@click.option("--output", "-o", default=None, help="Output directory (default: the run directory itself).")
+@click.option("--seed", type=int, default=None, help="Override the policy's seed.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
+def select(run_dir: str, policy_path: str, output: str | None, seed: int | None, verbose: bool) -> None:
+    """Apply a selection policy to a finished run: write selected/ and report.md/.html (no signal recomputed)."""
+    from dq_ray.select import load_policy
+
+    _setup_logging(verbose)
+    try:
+        policy = load_policy(policy_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid policy: {exc}") from None
+    _select(run_dir, policy, output, seed)
 
 
 @main.command()
@@ -89,7 +126,10 @@ def validate(config: str, inputs, output, overrides) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
     click.echo(f"\n{len(files)} input file(s), {sum(f.size for f in files):,} bytes")
-    click.echo(f"reader -> {', '.join(list(READER_COLUMNS) + list(cfg.input.keep_fields))}")
+    from dq_ray.preference import shape_columns
+
+    reader_cols = list(READER_COLUMNS) + list(shape_columns(cfg.input.shape)) + list(cfg.input.keep_fields)
+    click.echo(f"reader -> {', '.join(reader_cols)}")
     for sc in cfg.stages:
         stage = sc.build()
         click.echo(f"{sc.name} -> {', '.join(stage.outputs)}")
@@ -123,6 +163,72 @@ def demo_corpus(out_dir: str, seed: int) -> None:
     click.echo(
         f"demo corpus in {summary['dir']}: {total} documents {summary['documents']}, "
         f"{summary['broken_records']} broken records"
+    )
+
+
+@main.command("demo-preference")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def demo_preference(out_dir: str, seed: int) -> None:
+    """Build the demo preference set: pairs constructed from real text (Wikipedia leads vs tweets)."""
+    from dq_ray.demo import MissingDemoData
+    from dq_ray.demo_preference import PreferenceSizes, build_preference_set
+
+    try:
+        summary = build_preference_set(out_dir, PreferenceSizes(), seed)
+    except MissingDemoData as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"demo preference set in {summary['dir']}: {summary['dpo_records']} DPO records (dpo/), "
+        f"{summary['kto_records']} KTO (kto/), {summary['sft_records']} SFT (sft/); constructed pairs"
+    )
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--port", "-p", default=5006, show_default=True, help="Port to serve on.")
+@click.option("--address", "-a", default="127.0.0.1", show_default=True, help="Address to bind (this machine only).")
+@click.option(
+    "--allow-websocket-origin",
+    "origins",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Extra host allowed to open the app (when serving on another address behind a proxy).",
+)
+@click.option("--show", is_flag=True, help="Open a browser.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def dashboard(run_dir: str, port: int, address: str, origins, show: bool, verbose: bool) -> None:
+    """Serve the map of a run: every document as a point, linked filters, what-if, drill-down."""
+    _setup_logging(verbose)
+    try:
+        from dashboards.app import serve
+    except ImportError as exc:  # pragma: no cover - the dashboard dependencies are part of the install
+        raise click.ClickException(f"the dashboard needs panel, holoviews and datashader: {exc}") from None
+    click.echo(f"dq-ray map of {run_dir} at http://{address}:{port}/  (Ctrl-C to stop)")
+    try:
+        serve(run_dir, port=port, address=address, show=show, extra_origins=list(origins))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("dashboard-prepare")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--base-level", default=10, show_default=True, help="Finest pyramid level (a 2^L x 2^L grid).")
+@click.option("--sample-rows", default=1_000_000, show_default=True, help="Rows of the uniform sample.")
+@click.option("--tile-level", default=None, type=int, help="Tile grid level (default: ~250k rows per tile).")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
+def dashboard_prepare(run_dir: str, base_level: int, sample_rows: int, tile_level: int | None, verbose: bool) -> None:
+    """Write RUN/dashboard/ (spatial tiles + pyramid) so the map scales beyond memory (a Ray Data job)."""
+    from dashboards.pyramid import prepare
+    from dq_ray.config import RayConfig
+    from dq_ray.pipeline import ray_session
+
+    _setup_logging(verbose)
+    with ray_session(RayConfig()):
+        info = prepare(run_dir, base_level=base_level, sample_rows=sample_rows, tile_level=tile_level)
+    click.echo(
+        f"prepared {run_dir}/dashboard: {info['num_rows']:,} documents, {4 ** info['tile_level']:,} tiles, "
+        f"pyramid levels 0..{info['base_level']}, sample {info['sample_rows']:,} rows, {info['wall_s']:.1f} s"
     )
 
 
@@ -160,6 +266,14 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append("")
         for col, label in found:
             lines.append(f"{label + ':':<28}{flags[col]['false']:>7,} not kept ({col} = false)")
+    pairs = (manifest.get("summaries") or {}).get("pairs")
+    if pairs:  # preference data: the share of each pair flag (dq_ray.preference_summary)
+        lb = pairs.get("length_bias") or {}
+        share = lb.get("chosen_longer_share")
+        longer = "n/a" if share is None else f"{share:.1%}"
+        lines += ["", f"{pairs['pairs']:,} preference pairs; chosen longer in {longer}"]
+        for name, f in (pairs.get("flags") or {}).items():
+            lines.append(f"{name:<32}{f['true']:>8,} of {f['rows']:,}")
     lines += ["", f"manifest: {manifest['run_dir']}/manifest.json"]
     return "\n".join(lines)
 

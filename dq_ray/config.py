@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from dq_ray.preference import shape_columns
 from dq_ray.stage import Resources, Stage, get_stage, registry
 
 #: Columns every document has when it leaves the reader.
@@ -50,6 +51,11 @@ class InputConfig:
         max_text_bytes: documents whose UTF-8 text is longer are rejected with reason ``text_too_large``.
         max_raw_bytes: how much of a rejected record's raw content ``rejected/`` keeps.
         batch_rows: rows per batch emitted by a reader.
+        shape: the record shape: ``text`` (documents), or the preference / instruction shapes ``dpo``
+            (prompt, chosen, rejected), ``kto`` (prompt, completion, label) and ``sft`` (instruction,
+            response); see :mod:`dq_ray.preference`.
+        fields: field names of the shape's roles where they differ from the defaults
+            (e.g. ``{prompt: question, chosen: answer_a}``).
     """
 
     paths: tuple[str, ...] = ()
@@ -60,14 +66,19 @@ class InputConfig:
     max_text_bytes: int = 1_048_576
     max_raw_bytes: int = 65_536
     batch_rows: int = 500
+    shape: str = "text"
+    fields: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from dq_ray.preference import check_shape
+
+        check_shape(self.shape, self.fields)
         if self.format not in INPUT_FORMATS:
             raise ConfigError(f"input.format: {self.format!r} is not one of {', '.join(INPUT_FORMATS)}")
         for key in ("max_text_bytes", "max_raw_bytes", "batch_rows"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"input.{key} must be >= 1")
-        clash = set(self.keep_fields) & set(READER_COLUMNS)
+        clash = set(self.keep_fields) & (set(READER_COLUMNS) | set(shape_columns(self.shape)))
         if clash:
             raise ConfigError(f"input.keep_fields may not name reader columns: {sorted(clash)}")
 
@@ -79,10 +90,17 @@ class OutputConfig:
     Attributes:
         path: the run directory (local path or fsspec URL).
         keep_text: also write the document text into ``docs/`` (off: docs/ holds ids and signals only).
+        rows_per_file: rows gathered into one output file (files are also split per input shard, the unit
+            of resume).
     """
 
     path: str = "runs/latest"
     keep_text: bool = False
+    rows_per_file: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.rows_per_file < 1:
+            raise ConfigError("output.rows_per_file must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -97,16 +115,25 @@ class RayConfig:
         reserve_operator_resources: Ray Data's per-operator resource reservation. It keeps a long pipeline
             from starving its later operators, but on a small cluster it leaves one stage a single CPU;
             null turns it off below 8 CPUs and on from 8.
+        max_task_retries: how often a batch is retried after its worker died (a killed process, out of
+            memory); Ray Data's own default retries forever.
+        max_actor_restarts: how often a stage actor that died is restarted (and how many actors in a row may
+            die while starting before the job fails, e.g. a model that cannot load).
     """
 
     address: str | None = None
     num_cpus: int | None = None
     shuffle_partitions: int | None = None
     reserve_operator_resources: bool | None = None
+    max_task_retries: int = 3
+    max_actor_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
             raise ConfigError("ray.shuffle_partitions must be >= 1 or null")
+        for key in ("max_task_retries", "max_actor_restarts"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"ray.{key} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,8 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     stages: tuple[StageConfig, ...] = ()
+    #: the selection policy applied after the run (a :class:`dq_ray.select.Policy`; null: no selection)
+    selection: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what the manifest records)."""
@@ -240,7 +269,7 @@ def _build_stage(entry: Any, index: int) -> StageConfig:
 
 def check_column_flow(cfg: JobConfig) -> None:
     """Every stage's inputs must be produced by the reader or an earlier stage."""
-    available = list(READER_COLUMNS) + list(cfg.input.keep_fields)
+    available = list(READER_COLUMNS) + list(shape_columns(cfg.input.shape)) + list(cfg.input.keep_fields)
     seen: set[str] = set()
     for i, sc in enumerate(cfg.stages):
         if sc.name in seen:
@@ -249,8 +278,9 @@ def check_column_flow(cfg: JobConfig) -> None:
         cls = get_stage(sc.name)
         missing = [c for c in cls.inputs if c not in available]
         if missing:
+            hint = " (set input.shape to dpo, kto or sft)" if any(c.startswith("pref_") for c in missing) else ""
             raise ConfigError(
-                f"stages[{i}]({sc.name}) needs column(s) {missing} that nothing before it produces; "
+                f"stages[{i}]({sc.name}) needs column(s) {missing} that nothing before it produces{hint}; "
                 f"available at that point: {', '.join(available)}"
             )
         available.extend(c for c in cls.outputs if c not in available)
@@ -335,7 +365,7 @@ def load_config(
     if output:
         data.setdefault("output", {})["path"] = output
 
-    allowed = ("input", "output", "ray", "stages")
+    allowed = ("input", "output", "ray", "stages", "selection")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(allowed)}")
@@ -351,4 +381,17 @@ def load_config(
     if not cfg.input.paths:
         raise ConfigError("input.paths is empty: give input paths in the config or with --input")
     check_column_flow(cfg)
+    if data.get("selection") is not None:
+        cfg = dataclasses.replace(cfg, selection=_build_selection(cfg, data["selection"]))
     return cfg
+
+
+def _build_selection(cfg: JobConfig, data: Any) -> Any:
+    """The ``selection:`` policy, its rule columns checked against what the reader and the stages produce."""
+    from dq_ray.select import check_columns, parse_policy
+
+    policy = parse_policy(data, "selection")
+    available = list(READER_COLUMNS) + list(shape_columns(cfg.input.shape)) + list(cfg.input.keep_fields)
+    available += [c for sc in cfg.stages for c in get_stage(sc.name).outputs]
+    check_columns(policy, list(dict.fromkeys(available)), "selection")
+    return policy

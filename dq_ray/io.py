@@ -17,18 +17,22 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Iterator
+import re
+import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 from dq_ray.config import ConfigError, InputConfig
+from dq_ray.preference import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ REJECT_REASONS = {
     "text_too_large": "the UTF-8 text is longer than input.max_text_bytes",
     "empty_file": "the file holds no records",
     "corrupt_file": "the file could not be read to its end (truncated or corrupt); earlier records are kept",
+    **SHAPE_REJECT_REASONS,  # preference / instruction shapes (input.shape), see dq_ray.preference
 }
 
 REJECTED_SCHEMA = pa.schema(
@@ -65,6 +70,42 @@ REJECTED_SCHEMA = pa.schema(
 
 class InputError(ConfigError):
     """An input path that cannot be read at all (raised before any work starts)."""
+
+
+_SECRET_QUERY = re.compile(r"(key|secret|token|password|passwd|pwd|signature|sig|credential|auth)", re.I)
+
+
+def redact_url(value: str) -> str:
+    """``value`` with any password in the URL's user info and secret-looking query values replaced by ``***``.
+
+    Credentials belong in the environment (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``...); this keeps the
+    manifest and logs clean when someone puts them in a path anyway.
+    """
+    if "://" not in value:
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"***@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{k}={'***' if _SECRET_QUERY.search(k) else v}" for k, v in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(data: Any) -> Any:
+    """A copy of plain data (dicts, lists, strings) with every URL passed through :func:`redact_url`."""
+    if isinstance(data, str):
+        return redact_url(data)
+    if isinstance(data, dict):
+        return {k: redact(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(v) for v in data]
+    return data
 
 
 # -- discovery -------------------------------------------------------------------------------------------
@@ -148,11 +189,13 @@ def discover_inputs(cfg: InputConfig) -> list[InputFile]:
 # -- reading ---------------------------------------------------------------------------------------------
 
 
-def doc_schema(keep_fields: tuple[str, ...], include_text: bool = True) -> pa.Schema:
+def doc_schema(keep_fields: tuple[str, ...], include_text: bool = True, shape: str = "text") -> pa.Schema:
     fields = [("id", pa.string())]
     if include_text:
         fields.append(("text", pa.string()))
     fields += [("source_file", pa.string()), ("source_index", pa.int64())]
+    if shape != "text":
+        fields += list(PREF_COLUMNS.items())
     fields += [(f, pa.string()) for f in keep_fields]
     return pa.schema(fields)
 
@@ -196,7 +239,8 @@ class _Batcher:
 
     def __init__(self, shard: InputFile, cfg: InputConfig, result: ShardResult) -> None:
         self.shard, self.cfg, self.result = shard, cfg, result
-        self.schema = doc_schema(cfg.keep_fields)
+        self.schema = doc_schema(cfg.keep_fields, shape=cfg.shape)
+        self.shape = ShapeReader(cfg.shape, cfg.fields, cfg.max_text_bytes) if cfg.shape != "text" else None
         self._clear()
 
     def _clear(self) -> None:
@@ -225,6 +269,13 @@ class _Batcher:
         text = record.get(cfg.text_field)
         doc_id = record.get(cfg.id_field)
         problem = None
+        pref = None
+        if self.shape is not None:  # a preference shape: the prompt is the text (dq_ray.preference)
+            pref = self.shape.parse(record)
+            if not isinstance(pref, dict):
+                self.reject(index, pref.reason, pref.detail, raw() if callable(raw) else raw, doc_id)
+                return
+            text = pref["text"]
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
@@ -252,6 +303,9 @@ class _Batcher:
         self.cols["source_index"].append(index)
         for name in cfg.keep_fields:
             self.cols[name].append(_as_field_string(record.get(name)))
+        if pref is not None:
+            for name in PREF_COLUMNS:
+                self.cols[name].append(pref[name])
         self.result.accepted += 1
 
     def full(self) -> bool:
@@ -341,7 +395,7 @@ def _iter_jsonl(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
                 if batcher.full():
                     yield batcher.flush()
     except Exception as exc:  # a stream that breaks mid-file: truncated gzip/zstd, I/O error
-        log.warning("could not read %s to its end (line %d): %s", shard.path, index, exc)
+        log.warning("could not read %s to its end (line %d): %s", redact_url(shard.path), index, exc)
         batcher.result.records += 1
         batcher.reject(index + 1, "corrupt_file", f"{type(exc).__name__}: {exc}", None)
     tail = batcher.flush()
@@ -356,7 +410,9 @@ def _iter_parquet(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
         with fsspec.open(shard.path, "rb") as fh:
             pf = pq.ParquetFile(fh)
             names = set(pf.schema_arrow.names)
-            wanted = [c for c in dict.fromkeys([cfg.text_field, cfg.id_field, *cfg.keep_fields]) if c in names]
+            shape_fields = batcher.shape.input_fields() if batcher.shape is not None else []
+            wanted = [c for c in dict.fromkeys([cfg.text_field, cfg.id_field, *shape_fields, *cfg.keep_fields])]
+            wanted = [c for c in wanted if c in names]
             for rb in pf.iter_batches(batch_size=cfg.batch_rows, columns=wanted or None):
                 for record in rb.to_pylist():
                     batcher.add(row, record, lambda r=record: _as_field_string(r))
@@ -365,7 +421,7 @@ def _iter_parquet(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
                 if table is not None:
                     yield table
     except Exception as exc:
-        log.warning("could not read %s to its end (row %d): %s", shard.path, row, exc)
+        log.warning("could not read %s to its end (row %d): %s", redact_url(shard.path), row, exc)
         batcher.result.records += 1
         batcher.reject(row, "corrupt_file", f"{type(exc).__name__}: {exc}", None)
     tail = batcher.flush()
@@ -419,17 +475,26 @@ class RunDir:
     def manifest(self) -> str:
         return self.sub("manifest.json")
 
-    def prepare(self, overwrite: bool = False) -> None:
-        """Refuse to clobber an earlier run unless ``overwrite``; then create an empty layout."""
+    def prepare(self, overwrite: bool = False, resume: bool = False) -> bool:
+        """Make the layout. An earlier run is refused unless ``resume`` (keep it) or ``overwrite`` (delete it).
+
+        Returns True when an earlier run is being resumed.
+        """
         existing = [n for n in ("manifest.json", "docs", "rejected", "_shards") if self.fs.exists(self._p(n))]
-        if existing and not overwrite:
+        if existing and not (overwrite or resume):
             raise RunExistsError(
-                f"{self.path} already holds a run ({', '.join(existing)}); pass --overwrite to replace it"
+                f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                f"(finished work is kept) or --overwrite to replace it"
             )
-        for name in existing:
-            self.fs.rm(self._p(name), recursive=True)
+        if existing and not resume:
+            for name in (*existing, "_work", "artifacts", "_faults"):
+                if self.fs.exists(self._p(name)):
+                    self.fs.rm(self._p(name), recursive=True)
         for name in ("rejected", "_shards", "artifacts"):
             self.fs.makedirs(self._p(name), exist_ok=True)
+        if resume and existing:
+            self.remove_temporaries()
+        return bool(resume and existing)
 
     def _p(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -448,13 +513,114 @@ class RunDir:
         return xxhash.xxh3_64_hexdigest(shard_path.encode())
 
     def write_shard_outputs(self, result: ShardResult) -> None:
-        """Rejections and the receipt of one input file (idempotent: a retried task overwrites them)."""
+        """Rejections and the receipt of one input file (idempotent: a retried task overwrites them).
+
+        The rejections are committed before the receipt, so a receipt always has its rejections beside it.
+        """
         key = self.shard_key(result.path)
         if result.rejected:
             table = pa.Table.from_pylist(result.rejected, schema=REJECTED_SCHEMA)
-            with self.fs.open(self._p(f"rejected/{key}.parquet"), "wb") as fh:
-                pq.write_table(table, fh)
+            self.write_parquet_atomic(f"rejected/{key}.parquet", table)
         self.write_json(f"_shards/{key}.json", result.receipt())
+
+    # -- atomic commits and what resume reads back -------------------------------------------------------
+
+    def write_parquet_atomic(self, name: str, table: pa.Table) -> None:
+        """Write ``RUN/<name>`` under a hidden temporary name, then rename it: readers never see half a file."""
+        folder, leaf = posixpath.split(self._p(name))
+        tmp = f"{folder}/.{leaf}.{os.getpid()}.tmp"
+        self.fs.makedirs(folder, exist_ok=True)
+        with self.fs.open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+        self.fs.mv(tmp, f"{folder}/{leaf}")
+
+    def commit_rows(self, folder: str, table: pa.Table) -> list[tuple[str, int]]:
+        """Commit rows into ``RUN/<folder>/``: one file per input shard, named by the shard and the rows' positions.
+
+        A retried batch writes the same names (so it overwrites, never duplicates). Returns (file, rows) pairs.
+        """
+        out = []
+        sources = table.column("source_file")
+        for src in pc.unique(sources).to_pylist():
+            part = table.filter(pc.equal(sources, src))
+            part = part.take(pc.sort_indices(part, [("source_index", "ascending")]))
+            digest = xxhash.xxh3_64_hexdigest(part.column("source_index").to_numpy().tobytes())
+            name = f"{folder}/{self.shard_key(src)}-{digest}.parquet"
+            self.write_parquet_atomic(name, part)
+            out.append((name, part.num_rows))
+        return out
+
+    def write_stage_rejections(self, phase: int, stage: str, rows: list[dict[str, Any]]) -> None:
+        """Rejections raised inside stage ``stage`` (phase ``phase``), one file per shard, idempotent by name."""
+        by_shard: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_shard.setdefault(row["source_file"], []).append(row)
+        for src, items in by_shard.items():
+            items.sort(key=lambda r: r["source_index"])
+            digest = xxhash.xxh3_64_hexdigest(",".join(str(r["source_index"]) for r in items).encode())
+            table = pa.Table.from_pylist(items, schema=REJECTED_SCHEMA)
+            self.write_parquet_atomic(f"rejected/{self.shard_key(src)}.p{phase}-{stage}-{digest}.parquet", table)
+
+    def rows_by_shard(self, folder: str) -> dict[str, int]:
+        """Committed rows per shard key in ``RUN/<folder>/`` (from Parquet footers)."""
+        counts: dict[str, int] = {}
+        for path in self.fs.glob(self._p(f"{folder}/*-*.parquet")):
+            key = posixpath.basename(path).split("-", 1)[0]
+            with self.fs.open(path, "rb") as fh:
+                counts[key] = counts.get(key, 0) + pq.ParquetFile(fh).metadata.num_rows
+        return counts
+
+    def shard_files(self, folder: str, keys: Iterable[str] | None = None) -> list[str]:
+        """The committed files of ``RUN/<folder>/`` (of the given shard keys only, when given)."""
+        files = sorted(self.fs.glob(self._p(f"{folder}/*-*.parquet")))
+        if keys is not None:
+            wanted = set(keys)
+            files = [f for f in files if posixpath.basename(f).split("-", 1)[0] in wanted]
+        return [_qualify(self.fs, f) for f in files]
+
+    def stage_rejections_by_shard(self, phase: int) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for path in self.fs.glob(self._p(f"rejected/*.p{phase}-*.parquet")):
+            key = posixpath.basename(path).split(".", 1)[0]
+            with self.fs.open(path, "rb") as fh:
+                counts[key] = counts.get(key, 0) + pq.ParquetFile(fh).metadata.num_rows
+        return counts
+
+    def drop_shards(self, folder: str, phase: int, keys: Iterable[str], with_receipts: bool = False) -> None:
+        """Delete what incomplete shards left behind in a phase (and their read outputs when ``with_receipts``)."""
+        for key in keys:
+            paths = self.fs.glob(self._p(f"{folder}/{key}-*.parquet"))
+            paths += self.fs.glob(self._p(f"rejected/{key}.p{phase}-*.parquet"))
+            if with_receipts:
+                paths += [p for p in (self._p(f"rejected/{key}.parquet"), self._p(f"_shards/{key}.json"))]
+            for path in paths:
+                if self.fs.exists(path):
+                    self.fs.rm(path)
+
+    def drop_phase(self, folder: str, phase: int) -> None:
+        """Delete every output of a phase that is re-run whole (its folder and its stage rejections)."""
+        if self.fs.exists(self._p(folder)):
+            self.fs.rm(self._p(folder), recursive=True)
+        for path in self.fs.glob(self._p(f"rejected/*.p{phase}-*.parquet")):
+            self.fs.rm(path)
+
+    def remove_temporaries(self) -> None:
+        """Half-written files of a killed run (hidden ``.*.tmp`` names)."""
+        for path in self.fs.glob(self._p("**/.*.tmp")):
+            self.fs.rm(path)
+
+    def marker(self, name: str) -> dict[str, Any] | None:
+        """A completion marker under ``RUN/_shards/`` (None when absent)."""
+        path = f"_shards/{name}.json"
+        return self.read_json(path) if self.fs.exists(self._p(path)) else None
+
+    def set_marker(self, name: str, data: dict[str, Any]) -> None:
+        self.fs.makedirs(posixpath.dirname(self._p(f"_shards/{name}.json")), exist_ok=True)
+        self.write_json(f"_shards/{name}.json", data)
+
+    def receipt_map(self) -> dict[str, dict[str, Any]]:
+        """Read receipts by shard key."""
+        return {self.shard_key(r["path"]): r for r in self.receipts()}
 
     def receipts(self) -> list[dict[str, Any]]:
         paths = sorted(self.fs.glob(self._p("_shards/*.json")))

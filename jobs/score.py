@@ -1,7 +1,7 @@
 """Entry point submitted to a Ray cluster:
 
     ray job submit --working-dir . -- python jobs/score.py --config configs/demo.yaml \
-        --output /shared/runs/demo [--input PATH ...] [--set key.sub=value ...] [--overwrite]
+        --output /shared/runs/demo [--input PATH ...] [--set key.sub=value ...] [--overwrite | --resume]
 
 It parses the config (failing before any work if it is invalid), connects to the cluster the job runs on
 (``ray.init()`` picks up the job's address), and runs the same pipeline as ``dq-ray run``. Paths must be
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="run directory")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.SUB=VALUE")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run in the same output directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -38,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING)  # inside `ray job submit` this joins the job's cluster
-    result = run_job(cfg, overwrite=args.overwrite)
+    result = run_job(cfg, overwrite=args.overwrite, resume=args.resume)
     print(format_summary(result.manifest))
+    if cfg.selection is not None:  # the config's selection policy: RUN/selected/ + the report
+        from dq_ray.select import format_selection, select_run
+
+        print(format_selection(select_run(result.run_dir, cfg.selection).summary))
     print(json.dumps({"run_dir": result.run_dir, "counts": result.manifest["counts"]}))
     return 0
 

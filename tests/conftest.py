@@ -34,3 +34,11 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_summary(tiny_corpus) -> dict:
     return json.loads((tiny_corpus / "_corpus.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def smollm_engine():
+    """The packaged SmolLM2-135M-Instruct judge on the CPU (transformers engine), loaded once per session."""
+    from dq_ray.backends.llm import load_engine
+
+    return load_engine("transformers", "cpu", batch_size=8, num_threads=2)

@@ -31,7 +31,15 @@ def test_run_prints_summary_and_honours_options(ray_local, tiny_corpus, tmp_path
     assert any(d["heur_gopher_quality_pass"] is not None for d in docs)
     # a second run into the same directory is refused with a clear message
     again = CliRunner().invoke(main, args)
-    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert again.exit_code != 0 and "--overwrite" in again.output and "--resume" in again.output
+    both = CliRunner().invoke(main, [*args, "--resume", "--overwrite"])
+    assert both.exit_code != 0 and "exclude each other" in both.output
+    # resuming a finished run redoes nothing and leaves the same output
+    resumed = CliRunner().invoke(main, [*args, "--resume"], catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    after = json.loads((out / "manifest.json").read_text())
+    assert after["counts"] == manifest["counts"] and after["resume"]["reused"]["phases"] == [0, 1]
+    assert pq.read_table(out / "docs").num_rows == len(docs)
 
 
 def test_clear_errors_before_ray(tmp_path):
@@ -58,7 +66,9 @@ def test_cli_end_to_end_with_embedded_ray(tiny_corpus, tmp_path):
     out = tmp_path / "e2e"
     cmd = [str(Path(sys.executable).with_name("dq-ray")), "run", "configs/demo.yaml"]
     cmd += ["--input", str(tiny_corpus), "--output", str(out), "--set", "ray.num_cpus=2"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # the demo's stages as configured, with the two slow fits made small: fewer LLM-scored docs, PCA for the map
+    cmd += ["--set", "stages.askllm_distill.params.sample_size=40", "--set", "stages.map.params.method=pca"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "kept" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -67,11 +77,17 @@ def test_cli_end_to_end_with_embedded_ray(tiny_corpus, tmp_path):
     # the demo config runs every stage, fitted ones included
     for stage in ("heuristics", "embed", "exact_dedup", "minhash.fit", "semdedup.fit", "density.fit", "density"):
         assert stage in manifest["stages"], stage
+    for stage in ("askllm_distill.fit", "topics.fit", "map.fit"):
+        assert stage in manifest["stages"], stage
     docs = pq.read_table(out / "docs").to_pylist()
-    for col in ("embedding", "minhash_keep", "semdedup_keep", "density_score", "density_weight"):
+    cols = ("embedding", "minhash_keep", "semdedup_keep", "density_score", "density_weight", "askllm_pred", "map_x")
+    for col in cols + ("topic_id",):
         assert all(d[col] is not None for d in docs), col
     for col in ("exact_dup_keep", "minhash_keep", "semdedup_keep"):
         assert "not kept" in proc.stdout and sum(not d[col] for d in docs) >= 5, col
+    # and the demo's selection policy wrote the curated subset and its report
+    assert 0 < pq.read_table(out / "selected").num_rows < len(docs)
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
 def test_job_entry_point(ray_local, tiny_corpus, tmp_path, capsys):

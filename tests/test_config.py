@@ -9,8 +9,11 @@ BASE = {"input": {"paths": ["x.jsonl"]}, "stages": [{"name": "heuristics"}, {"na
 def test_demo_config_loads():
     cfg = load_config("configs/demo.yaml")
     assert isinstance(cfg, JobConfig)
-    assert [s.name for s in cfg.stages] == ["heuristics", "embed", "exact_dedup", "minhash", "semdedup", "density"]
-    assert cfg.input.keep_fields == ("source",)
+    names = [s.name for s in cfg.stages]
+    core = ["heuristics", "embed", "exact_dedup", "minhash", "semdedup", "density", "topics", "map"]
+    assert [n for n in names if n in core] == core
+    assert cfg.input.keep_fields == ("source", "date")
+    assert cfg.selection is not None and [r.column for r in cfg.selection.rules][:1] == ["heur_gopher_quality_pass"]
     assert cfg.to_dict()["stages"][0]["params"]["language"] == "en"
 
 
@@ -22,6 +25,28 @@ def test_unknown_stage_lists_valid_choices():
 def test_import_path_as_stage_is_refused():
     with pytest.raises(ConfigError, match="registry name, not import path"):
         load_config({**BASE, "stages": [{"name": "os.system"}]})
+
+
+@pytest.mark.parametrize("name", ["dq_ray.stages.heuristics:Heuristics", "builtins/eval", "subprocess.run"])
+def test_config_naming_python_code_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match="not import path.*valid stages: .*heuristics"):
+        load_config({**BASE, "stages": [{"name": name}]})
+    with pytest.raises(ConfigError, match="not import path"):
+        load_config(BASE, overrides=[f"stages.0.name={name}"])
+    # YAML's python tags are never constructed: safe_load refuses them
+    path = tmp_path / "evil.yaml"
+    path.write_text("input: {paths: [x]}\nstages:\n  - !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_retry_limits_are_validated():
+    cfg = load_config({**BASE, "ray": {"max_task_retries": 0, "max_actor_restarts": 5}})
+    assert (cfg.ray.max_task_retries, cfg.ray.max_actor_restarts) == (0, 5)
+    assert load_config(BASE).ray.max_task_retries == 3  # bounded by default (Ray Data's own is unbounded)
+    with pytest.raises(ConfigError, match="ray.max_actor_restarts must be >= 0"):
+        load_config({**BASE, "ray": {"max_actor_restarts": -1}})
 
 
 def test_unknown_field_names_valid_keys():

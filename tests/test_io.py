@@ -179,7 +179,58 @@ def test_run_dir_refuses_to_overwrite(tmp_path):
     run = RunDir(str(tmp_path / "run"))
     run.prepare()
     run.write_json("manifest.json", {"status": "succeeded"})
-    with pytest.raises(RunExistsError, match="--overwrite"):
+    with pytest.raises(RunExistsError, match="pass --resume to continue it .* or --overwrite to replace it"):
         RunDir(str(tmp_path / "run")).prepare()
+    assert RunDir(str(tmp_path / "run")).prepare(resume=True) is True  # kept as it is
+    assert (tmp_path / "run" / "manifest.json").exists()
     RunDir(str(tmp_path / "run")).prepare(overwrite=True)
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_commits_are_per_shard_atomic_and_idempotent(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    run.prepare()
+    rows = pa.table({"id": ["a", "b", "c"], "source_file": ["/x/1.jsonl", "/x/2.jsonl", "/x/1.jsonl"]})
+    rows = rows.append_column("source_index", pa.array([3, 1, 1], pa.int64()))
+    first = run.commit_rows("docs", rows)
+    again = run.commit_rows("docs", rows.take([2, 1, 0]))  # a retried batch, in another order
+    assert sorted(first) == sorted(again) and len(first) == 2
+    k1, k2 = run.shard_key("/x/1.jsonl"), run.shard_key("/x/2.jsonl")
+    assert run.rows_by_shard("docs") == {k1: 2, k2: 1}  # not doubled
+    assert pq.read_table(tmp_path / "run" / f"{first[0][0]}").column("source_index").to_pylist() in ([1, 3], [1])
+    assert not list((tmp_path / "run" / "docs").glob(".*"))  # no temporary left behind
+    run.write_stage_rejections(
+        0,
+        "heuristics",
+        [
+            {
+                "source_file": "/x/1.jsonl",
+                "source_index": 3,
+                "id": "a",
+                "stage": "heuristics",
+                "reason": "stage_error",
+                "detail": "boom",
+                "raw": None,
+                "raw_truncated": False,
+            }
+        ],
+    )
+    assert run.stage_rejections_by_shard(0) == {k1: 1} and run.stage_rejections_by_shard(1) == {}
+    run.drop_shards("docs", 0, [k1])
+    assert run.rows_by_shard("docs") == {k2: 1} and run.stage_rejections_by_shard(0) == {}
+
+
+def test_credentials_in_paths_are_redacted():
+    from dq_ray.io import redact, redact_url
+
+    assert redact_url("s3://AKIAXXX:s3cr3t@bucket/corpus/") == "s3://***@bucket/corpus/"
+    url = "https://host/data.jsonl?X-Amz-Signature=abc123&X-Amz-Credential=AKIA&part=2"
+    assert redact_url(url) == "https://host/data.jsonl?X-Amz-Signature=***&X-Amz-Credential=***&part=2"
+    assert redact_url("/local/path:with@at") == "/local/path:with@at"
+    assert redact({"input": {"paths": ["gs://u:pw@b/x"]}, "n": 3}) == {"input": {"paths": ["gs://***@b/x"]}, "n": 3}
+    # what the manifest records of a config whose paths carry credentials
+    from dq_ray.config import load_config
+
+    cfg = load_config({"input": {"paths": ["s3://AKIA:TOPSECRET@b/in/"]}, "output": {"path": "s3://b/out?token=T0K"}})
+    recorded = json.dumps(redact(cfg.to_dict()))
+    assert "TOPSECRET" not in recorded and "T0K" not in recorded and "s3://***@b/in/" in recorded

@@ -118,3 +118,22 @@ def test_refuses_to_overwrite_then_overwrites(run, ray_local, tiny_corpus):
     assert all(d["text"] for d in docs) and "exact_dup_keep" not in docs[0]
     assert all(d["heur_gopher_quality_pass"] is not None and d["heur_c4_pass"] is None for d in docs)
     assert len(list((Path(again.run_dir) / "docs").glob("*.parquet"))) == 1  # small blocks gathered into one file
+
+
+def test_actor_stages_leave_cpus_for_tasks():
+    """Two 1-CPU model stages in one phase on 2 CPUs would hold both CPUs and starve the reads: they shrink."""
+    from dq_ray.pipeline import READ_CPUS, phases_of, share_cpus
+    from dq_ray.stage import Resources, get_stage
+
+    stages = [get_stage("heuristics")(), get_stage("embed")(), get_stage("embed")()]
+    resources = [Resources(num_cpus=1), Resources(num_cpus=1), Resources(num_cpus=1)]
+    phases = phases_of(stages)
+    out = share_cpus(phases, stages, resources, cpus=2)
+    assert out[0] == resources[0]  # the task stage keeps its CPU
+    assert out[1].num_cpus + out[2].num_cpus <= 2 - 1  # room for the 1-CPU task
+    assert out[1].concurrency == out[2].concurrency == 1
+    # enough CPUs: nothing changes
+    assert share_cpus(phases, stages, resources, cpus=8) == resources
+    # only the reader to leave room for
+    out = share_cpus(phases_of(stages[1:]), stages[1:], resources[1:], cpus=2)
+    assert out[0].num_cpus + out[1].num_cpus <= 2 - READ_CPUS

@@ -1,0 +1,70 @@
+"""The Panel app: ``create_app(RUN)`` builds one session's page; ``serve(RUN)`` runs the server.
+
+Every session shares the process-wide store (:func:`dashboards.data_store.get_store`); the page has four tabs
+(the map, the run summary, topics, preference pairs). The server serves Panel's own assets and this app, and
+reads nothing but the run directory and the input files the run read (for text snippets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import panel as pn
+
+from dashboards.data_store import DEFAULT_MEMORY_BUDGET, get_store
+from dashboards.views import MapExplorer, document_view, preference_tab, summary_tab, topics_tab
+
+log = logging.getLogger(__name__)
+
+
+def create_app(run_dir: str, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pn.viewable.Viewable:
+    """The page of one browser session over ``run_dir``."""
+    store = get_store(run_dir, memory_budget)
+    explorer = MapExplorer(store)
+    tabs = pn.Tabs(
+        ("Map", explorer.panel()),
+        ("Run summary", summary_tab(store)),
+        ("Topics", topics_tab(store)),
+        ("Preference", preference_tab(store)),
+        dynamic=True,
+    )
+    header = pn.pane.Markdown(
+        f"# dq-ray map — `{os.path.basename(store.root)}`\n"
+        f"{store.num_rows:,} documents · coordinates: {store.projection}"
+    )
+    doc = None
+    if pn.state.curdoc is not None and pn.state.session_args:
+        raw = pn.state.session_args.get("doc")
+        if raw:
+            doc = document_view(store, raw[0].decode("utf-8", errors="replace"))
+    page = pn.Column(header, *([doc] if doc is not None else []), tabs, sizing_mode="stretch_width")
+    page.explorer = explorer  # for tests
+    return page
+
+
+def serve(
+    run_dir: str,
+    port: int = 5006,
+    address: str = "127.0.0.1",
+    show: bool = False,
+    extra_origins: list[str] | None = None,
+    **kwargs,
+) -> None:
+    """Serve the app on ``address:port`` until interrupted (127.0.0.1 by default: this machine only).
+
+    Only pages from ``address:port`` (and localhost) may open sessions; ``extra_origins`` adds hosts.
+    """
+    store = get_store(run_dir)  # load once, before the first session, so errors surface here
+    store.xy()
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(extra_origins or [])]
+    log.info("serving %s on http://%s:%d", store.root, address, port)
+    pn.serve(
+        {"/": lambda: create_app(run_dir)},
+        port=port,
+        address=address,
+        websocket_origin=origins,
+        show=show,
+        title="dq-ray map",
+        **kwargs,
+    )

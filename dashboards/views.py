@@ -1,0 +1,489 @@
+"""The dashboard's views: the map with linked filters, histograms, counts, what-if and drill-down; the tabs.
+
+One :class:`MapExplorer` per browser session, all sharing the process-wide :class:`~dashboards.data_store.RunStore`.
+The browser receives images (the map is rasterized on the server) and small tables, never raw points or bulk
+text: the drill-down table holds at most :data:`TABLE_ROWS` documents and reads their snippets on demand.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from dashboards.data_store import NONE_LABEL, Filters, RunStore
+from dashboards.render import Frame, render
+from dashboards.whatif import Policy, build_policy, evaluate_policy
+
+log = logging.getLogger(__name__)
+
+#: Rows of the drill-down table (and of snippets read per selection).
+TABLE_ROWS = 50
+MAP_WIDTH, MAP_HEIGHT = 760, 560
+#: Numeric signals offered as the first sliders, in this order of preference.
+KEY_SIGNALS = ("askllm_score", "density_score", "heur_n_words", "heur_mean_word_length", "semdedup_max_sim")
+CATEGORY_PICKERS = ("topic_id", "topic_coarse_id", "source")
+
+hv.extension("bokeh", logo=False)
+
+
+class _Version(param.Parameterized):
+    version = param.Integer(default=0)
+
+
+class MapExplorer:
+    """The map tab of one session: widgets, the map, histograms, counts, what-if and the selection table."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        cols = store.columns
+        self.state = _Version()
+        self.colour = pn.widgets.Select(
+            label="Colour by",
+            options=["count", *cols.colour_choices],
+            value=_default_colour(store),
+            width=260,
+            css_classes=["dq-colour"],
+        )
+        # range sliders: the key signals first; more can be added from the picker
+        self.ranges: dict[str, pn.widgets.RangeSlider] = {}
+        self.range_box = pn.Column()
+        first = [s for s in KEY_SIGNALS if s in cols.numeric] or list(cols.numeric[:2])
+        self.more = pn.widgets.MultiChoice(label="Filter on", options=list(cols.numeric), value=first[:3], width=260)
+        self.more.param.watch(self._sync_sliders, "value")
+        self._sync_sliders()
+        self.flags = {
+            f: pn.widgets.RadioButtonGroup(label=f, options=["any", "true", "false"], value="any") for f in cols.flags
+        }
+        self.pickers = {}
+        for c in CATEGORY_PICKERS:
+            if c in cols.categorical:
+                cat = store.category(c)
+                options = self._category_options(c, cat.labels)
+                self.pickers[c] = pn.widgets.MultiChoice(label=f"{c} (empty: all)", options=options, width=260)
+        for w in [*self.flags.values(), *self.pickers.values()]:
+            w.param.watch(self._bump, "value")
+        self.colour.param.watch(self._rebuild_map, "value")
+
+        self.map_pane = pn.pane.HoloViews(self._make_map(), sizing_mode="fixed", css_classes=["dq-map"])
+        self.legend = pn.pane.HTML("", width=200)
+        self.source = pn.pane.Markdown("", styles={"font-size": "12px"})
+        self.counts = pn.pane.Markdown("", css_classes=["dq-counts"])
+        self.hists = pn.GridBox(ncols=2, css_classes=["dq-histograms"])
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(),
+            pagination="local",
+            page_size=10,
+            disabled=True,
+            width=1200,
+            css_classes=["dq-table"],
+        )
+        self.table_title = pn.pane.Markdown(
+            "**Selection**: drag a box or lasso on the map, or click a point.", css_classes=["dq-selection"]
+        )
+        self.whatif = WhatIfPanel(store, self.current_filters)
+        self.state.param.watch(self._refresh_side, "version")
+        self._refresh_side()
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def _category_options(self, name: str, labels: list[str]) -> list[str]:
+        return sorted(labels, key=lambda s: (len(s), s)) + [NONE_LABEL]
+
+    def _sync_sliders(self, *_: Any) -> None:
+        for name in list(self.ranges):
+            if name not in self.more.value:
+                del self.ranges[name]
+        for name in self.more.value:
+            if name not in self.ranges:
+                v = self.store.values(name)
+                finite = v[np.isfinite(v)]
+                lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+                if hi <= lo:
+                    hi = lo + 1.0
+                s = pn.widgets.RangeSlider(
+                    label=name,
+                    start=lo,
+                    end=hi,
+                    value=(lo, hi),
+                    step=(hi - lo) / 200,
+                    width=260,
+                    css_classes=["dq-filter", f"dq-filter-{name}"],
+                )
+                s.param.watch(self._bump, "value_throttled")
+                self.ranges[name] = s
+        self.range_box.objects = list(self.ranges.values())
+        self._bump()
+
+    def current_filters(self) -> Filters:
+        f = Filters()
+        for name, s in self.ranges.items():
+            lo, hi = s.value
+            if lo > s.start or hi < s.end:
+                f.ranges[name] = (float(lo), float(hi))
+        for name, w in self.flags.items():
+            if w.value != "any":
+                f.flags[name] = w.value == "true"
+        for name, w in self.pickers.items():
+            if w.value:
+                f.categories[name] = tuple(w.value)
+        return f
+
+    def _bump(self, *_: Any) -> None:
+        self.state.version += 1
+
+    # -- the map -------------------------------------------------------------------------------------------
+
+    def colour_by(self) -> str | None:
+        return None if self.colour.value == "count" else self.colour.value
+
+    def _frame(self, x_range, y_range, width, height) -> Frame:
+        # few documents: coarser pixels, so that a point is visible (a 4x4 screen block per datum below 20k)
+        n = self.store.num_rows
+        block = 4 if n < 20_000 else 2 if n < 200_000 else 1
+        return render(
+            self.store,
+            x_range=x_range,
+            y_range=y_range,
+            width=max(1, (width or MAP_WIDTH) // block),
+            height=max(1, (height or MAP_HEIGHT) // block),
+            colour_by=self.colour_by(),
+            filters=self.current_filters(),
+        )
+
+    def _make_map(self) -> hv.DynamicMap:
+        xr, yr = self.store.bounds()
+        colour_by = self.colour_by()
+        kind = "count" if colour_by is None else self.store.columns.kind(colour_by)
+
+        def frame(x_range=None, y_range=None, width=None, height=None, version=0, **_):
+            f = self._frame(x_range, y_range, width, height)
+            self._last_frame = f
+            if hasattr(self, "legend"):
+                self._show_frame_info(f)
+            el = f.element
+            common = dict(
+                width=MAP_WIDTH,
+                height=MAP_HEIGHT,
+                tools=["hover", "box_select", "lasso_select", "tap"],
+                active_tools=["wheel_zoom"],
+                xlim=xr,
+                ylim=yr,
+                xlabel="map_x",
+                ylabel="map_y",
+                title=f"{self.store.num_rows:,} documents — colour: {self.colour.value}",
+            )
+            if isinstance(el, hv.ImageStack):
+                cmap = [f.legend[str(v)] for v in el.vdims] if f.legend else None
+                return el.opts(cmap=cmap, cnorm="eq_hist", **common)
+            if kind == "count":
+                return el.opts(
+                    cmap="viridis",
+                    cnorm="eq_hist",
+                    colorbar=True,
+                    clabel="documents",
+                    clipping_colors={"NaN": "white"},
+                    **common,
+                )
+            return el.opts(cmap="plasma", colorbar=True, clabel=colour_by, clipping_colors={"NaN": "white"}, **common)
+
+        streams = [hv.streams.RangeXY(), hv.streams.PlotSize(), hv.streams.Params(self.state, ["version"])]
+        dmap = hv.DynamicMap(frame, streams=streams)
+        hv.streams.BoundsXY(source=dmap).add_subscriber(self._on_box)
+        hv.streams.Lasso(source=dmap).add_subscriber(self._on_lasso)
+        hv.streams.Tap(source=dmap).add_subscriber(self._on_tap)
+        return dmap
+
+    def _rebuild_map(self, *_: Any) -> None:
+        # ImageStack and Image cannot share one DynamicMap: a new map for a new kind of colouring
+        self.map_pane.object = self._make_map()
+        self._refresh_side()
+
+    def _show_frame_info(self, f: Frame) -> None:
+        if f.legend:
+            items = "".join(
+                f'<div><span style="display:inline-block;width:12px;height:12px;background:{c};'
+                f'margin-right:6px"></span>{html.escape(k)}</div>'
+                for k, c in f.legend.items()
+            )
+            self.legend.object = f'<div class="dq-legend"><b>{html.escape(self.colour.value)}</b>{items}</div>'
+        else:
+            self.legend.object = ""
+        self.source.object = f"frame from **{f.source}**, {f.documents:,} documents in view"
+
+    # -- selection -----------------------------------------------------------------------------------------
+
+    def _on_box(self, bounds=None, **_: Any) -> None:
+        if bounds:
+            self.show_selection(*self.store.select(self.current_filters(), bounds=bounds, limit=TABLE_ROWS))
+
+    def _on_lasso(self, geometry=None, **_: Any) -> None:
+        if geometry is not None and len(geometry) >= 3:
+            self.show_selection(*self.store.select(self.current_filters(), polygon=geometry, limit=TABLE_ROWS))
+
+    def _on_tap(self, x=None, y=None, **_: Any) -> None:
+        if x is None or y is None:
+            return
+        xr, _ = self.store.bounds()
+        radius = (xr[1] - xr[0]) / 150
+        self.show_selection(*self.store.nearest(x, y, radius, self.current_filters()))
+
+    def show_selection(self, total: int, rows) -> None:
+        """Fill the table with up to :data:`TABLE_ROWS` documents and their snippets (read now)."""
+        rows = rows.slice(0, TABLE_ROWS)
+        df = rows.drop_columns([c for c in ("source_file", "map_x", "map_y") if c in rows.column_names]).to_pandas()
+        try:
+            df["snippet"] = self.store.snippets(rows)
+        except Exception as exc:  # an input that moved: show the table without text
+            log.warning("snippets unavailable: %s", exc)
+            df["snippet"] = None
+        self.table.value = df
+        self.table_title.object = f"**Selection**: {total:,} documents; showing {len(df)}."
+
+    # -- side panels ---------------------------------------------------------------------------------------
+
+    def _refresh_side(self, *_: Any) -> None:
+        filters = self.current_filters()
+        mask = self.store.mask(filters)
+        shown = self.store.count(filters)
+        total = self.store.num_rows
+        estimate = " (estimated from the prepared sample)" if self.store.prepared else ""
+        lines = [f"**{shown:,}** of {total:,} documents pass the filters ({shown / max(total, 1):.1%}){estimate}"]
+        self.counts.object = "\n\n".join(lines)
+        self.hists.objects = [pn.pane.HoloViews(p) for p in self._histograms(mask)]
+        self.whatif.refresh()
+
+    def _histograms(self, mask: np.ndarray | None) -> list[hv.Overlay]:
+        """Histograms of the filtered signals and the colour signal: all documents (grey) and those shown."""
+        names = list(self.ranges)
+        c = self.colour_by()
+        if c and c in self.store.columns.numeric and c not in names:
+            names.append(c)
+        plots = []
+        for name in names[:4]:
+            v = self.store.values(name)
+            finite = np.isfinite(v)
+            if not finite.any():
+                continue
+            lo, hi = float(v[finite].min()), float(v[finite].max())
+            edges = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+            all_counts, _ = np.histogram(v[finite], edges)
+            sel = finite if mask is None else finite & mask
+            sel_counts, _ = np.histogram(v[sel], edges)
+            plots.append(
+                (
+                    hv.Histogram((edges, all_counts), kdims=[name], vdims=["documents"]).opts(color="#dddddd")
+                    * hv.Histogram((edges, sel_counts), kdims=[name], vdims=["documents"]).opts(color="#1f77b4")
+                ).opts(width=330, height=170, title=name, toolbar=None)
+            )
+        return plots
+
+    def panel(self) -> pn.viewable.Viewable:
+        flag_widgets = [
+            pn.Column(pn.pane.HTML(f"<small>{html.escape(n)}</small>", margin=(0, 5)), w, margin=(0, 0, 4, 0))
+            for n, w in self.flags.items()
+        ]
+        sidebar = pn.Column(
+            self.colour,
+            pn.pane.Markdown("### Filters"),
+            self.more,
+            self.range_box,
+            *self.pickers.values(),
+            *flag_widgets,
+            width=300,
+        )
+        centre = pn.Column(
+            pn.Row(self.map_pane, self.legend),
+            self.source,
+            self.counts,
+            self.hists,
+        )
+        right = pn.Column(pn.pane.Markdown("### What if"), self.whatif.panel(), width=360, css_classes=["dq-whatif"])
+        return pn.Column(pn.Row(sidebar, centre, right), self.table_title, self.table)
+
+
+def _default_colour(store: RunStore) -> str:
+    for c in ("topic_id", "source", "askllm_score", "density_score"):
+        if c in store.columns.colour_choices:
+            return c
+    return "count"
+
+
+# -- what if -----------------------------------------------------------------------------------------------
+
+
+class WhatIfPanel:
+    """How many documents, and which topics (or sources), a selection policy would keep, before writing.
+
+    The policy is built from the widgets (required flags, a top fraction by a score, density sampling, a topic
+    quota) or pasted as YAML (the ``rules:`` of ``dq-ray select``), and evaluated with ``dq_ray.select``.
+    """
+
+    def __init__(self, store: RunStore, filters_fn) -> None:
+        self.store = store
+        self.filters_fn = filters_fn
+        cols = store.columns
+        dedup = [f for f in cols.flags if f.endswith("_keep")]
+        self.require = pn.widgets.MultiChoice(label="Require true", options=list(cols.flags), value=dedup, width=330)
+        score = next((s for s in ("askllm_score", "density_score") if s in cols.numeric), None)
+        self.score = pn.widgets.Select(
+            label="Keep the top fraction by", options=["(none)", *cols.numeric], value=score or "(none)", width=330
+        )
+        self.fraction = pn.widgets.FloatSlider(label="Top fraction", start=0.05, end=1.0, step=0.05, value=1.0)
+        self.density = pn.widgets.FloatSlider(
+            label="Density sample fraction", start=0.05, end=1.0, step=0.05, value=1.0
+        )
+        self.density.visible = "density_weight" in cols.numeric
+        topic = next((c for c in ("topic_id", "topic_coarse_id") if c in cols.categorical), None)
+        self.topic_column = topic or "topic_id"
+        self.quota = pn.widgets.FloatSlider(label="Max share per topic", start=0.01, end=1.0, step=0.01, value=1.0)
+        self.quota.visible = topic is not None
+        self.yaml = pn.widgets.TextAreaInput(
+            label="or a policy (YAML rules, as for dq-ray select)", placeholder="rules:\n  - {kind: ...}", height=90
+        )
+        self.within = pn.widgets.Checkbox(label="Only documents passing the map filters", value=False)
+        self.result = pn.pane.Markdown("", css_classes=["dq-whatif-result"])
+        self.steps = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, width=340)
+        self.groups = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, height=260, width=340, show_index=False)
+        for w in (self.require, self.score, self.fraction, self.density, self.quota, self.yaml, self.within):
+            w.param.watch(lambda *_: self.refresh(), "value")
+
+    def policy(self) -> Policy:
+        if self.yaml.value.strip():
+            import yaml
+
+            from dq_ray.select import parse_policy
+
+            data = yaml.safe_load(self.yaml.value)
+            if isinstance(data, dict) and "selection" in data:
+                data = data["selection"]
+            return parse_policy(data, where="what-if policy")
+        return build_policy(
+            require=tuple(self.require.value),
+            top_by=None if self.score.value == "(none)" else self.score.value,
+            top_fraction=float(self.fraction.value),
+            density_fraction=float(self.density.value) if self.density.visible else None,
+            topic_max_share=float(self.quota.value) if self.quota.visible else None,
+            topic_column=self.topic_column,
+        )
+
+    def refresh(self) -> None:
+        try:
+            policy = self.policy()
+            mask = self.store.mask(self.filters_fn()) if self.within.value else None
+            result = evaluate_policy(self.store, policy, within=mask)
+        except Exception as exc:  # a bad YAML policy: say why, keep the panel alive
+            self.result.object = f"**policy error**: {html.escape(str(exc))}"
+            return
+        self.result.object = (
+            f"**{result.kept:,}** of {result.considered:,} documents kept ({result.kept_share:.1%})"
+            + (" — estimated from the sample" if self.store.prepared else "")
+        )
+        self.steps.value = pd.DataFrame(result.steps)
+        self.groups.value = result.by_group
+
+    def panel(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            self.require,
+            self.score,
+            self.fraction,
+            self.density,
+            self.quota,
+            self.yaml,
+            self.within,
+            self.result,
+            self.steps,
+            self.groups,
+        )
+
+
+# -- the other tabs ----------------------------------------------------------------------------------------
+
+
+def summary_tab(store: RunStore) -> pn.viewable.Viewable:
+    """The run summary from ``manifest.json``: counts, per-stage throughput, config."""
+    m = store.manifest
+    counts = m.get("counts") or {}
+
+    def n(v: Any) -> str:
+        return f"{v:,}" if isinstance(v, int) else "?"
+
+    head = [
+        f"## Run `{html.escape(str(m.get('run_dir', store.root)))}`",
+        f"status **{m.get('status')}**, started {m.get('started_at', '?')}, wall {float(m.get('wall_s') or 0):.1f} s",
+        f"documents in **{n(counts.get('input'))}**, kept {n(counts.get('accepted'))}, "
+        f"rejected {n(counts.get('rejected'))}",
+        f"map coordinates: {store.projection}",
+    ]
+    rejected = counts.get("rejected_by_reason") or {}
+    stages = pd.DataFrame(
+        [
+            {
+                "stage": name,
+                "docs": s.get("rows"),
+                "wall_s": s.get("wall_s"),
+                "docs_per_s": s.get("docs_per_s"),
+                "docs_per_busy_s": s.get("docs_per_busy_s"),
+            }
+            for name, s in (m.get("stages") or {}).items()
+        ]
+    )
+    flags = pd.DataFrame([{"flag": k, **v} for k, v in (m.get("flags") or {}).items()])
+    parts = [pn.pane.Markdown("\n\n".join(head))]
+    if rejected:
+        parts.append(pn.pane.Markdown("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in rejected.items())))
+    parts += [
+        pn.pane.Markdown("### Stages"),
+        pn.widgets.Tabulator(stages, disabled=True, show_index=False, width=700),
+        pn.pane.Markdown("### Flags"),
+        pn.widgets.Tabulator(flags, disabled=True, show_index=False, width=700),
+        pn.pane.Markdown("### Config"),
+        pn.pane.JSON(m.get("config") or {}, depth=2, width=700),
+    ]
+    return pn.Column(*parts, name="Run summary")
+
+
+def topics_tab(store: RunStore) -> pn.viewable.Viewable:
+    """Topic sizes, keywords and labels from ``RUN/artifacts/topics.parquet``."""
+    table = store.topics()
+    if table is None:
+        return pn.Column(
+            pn.pane.Markdown("No topics in this run (add the `topics` stage to write `artifacts/topics.parquet`)."),
+            name="Topics",
+        )
+    df = table.to_pandas()
+    keep = [c for c in ("level", "topic_id", "topic_coarse_id", "topic_label", "size", "share", "keywords") if c in df]
+    df = df[keep].copy()
+    if "keywords" in df:
+        df["keywords"] = df["keywords"].map(lambda k: ", ".join(list(k)[:8]) if k is not None else "")
+    if "size" in df:
+        df = df.sort_values("size", ascending=False)
+    return pn.Column(
+        pn.pane.Markdown(f"### {len(df)} topics"),
+        pn.widgets.Tabulator(df, disabled=True, show_index=False, pagination="local", page_size=25, width=1100),
+        name="Topics",
+    )
+
+
+def preference_tab(store: RunStore) -> pn.viewable.Viewable:
+    """Preference-pair signals of the ``pairs`` stage: see :func:`dashboards.preference_views.preference_tab`
+    (margin histogram, chosen-vs-rejected judge scores, margin vs length difference, the prompt map coloured by
+    margin, flagged pairs side by side)."""
+    from dashboards.preference_views import preference_tab as _preference_tab
+
+    return _preference_tab(store)
+
+
+def document_view(store: RunStore, doc_id: str | None) -> pn.viewable.Viewable | None:
+    """One document's text by id (``?doc=ID``); the id is looked up, never used as a path."""
+    if not doc_id:
+        return None
+    text = store.document_text(doc_id)
+    body = "no document with this id" if text is None else html.escape(text)
+    return pn.pane.HTML(f"<h3>Document {html.escape(doc_id)}</h3><pre style='white-space:pre-wrap'>{body}</pre>")

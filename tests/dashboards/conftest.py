@@ -1,0 +1,76 @@
+"""A real tiny run for the dashboard tests: heuristics, exact_dedup and embed on the tiny corpus, in Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dq_ray.config import load_config
+
+
+@pytest.fixture(scope="session")
+def dash_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
+    """A run directory written by the real pipeline (no map stage: the store projects the embeddings)."""
+    from dq_ray.pipeline import run_job
+
+    out = tmp_path_factory.mktemp("dash") / "run"
+    cfg = load_config(
+        {
+            "input": {"paths": [str(tiny_corpus)], "batch_rows": 50, "keep_fields": ["source"]},
+            "output": {"path": str(out)},
+            "stages": [
+                "heuristics",
+                "exact_dedup",
+                {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
+            ],
+        }
+    )
+    run_job(cfg)
+    return out
+
+
+def write_synthetic_run(root: Path, table, inputs: list[str] = (), manifest: dict | None = None) -> Path:
+    """A minimal run directory around a ``docs`` table (known points for exact checks); no Ray needed."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    (root / "docs").mkdir(parents=True)
+    (root / "_shards").mkdir()
+    pq.write_table(table, root / "docs" / "part-0.parquet", row_group_size=max(1, table.num_rows // 3))
+    for i, path in enumerate(inputs):
+        (root / "_shards" / f"{i}.json").write_text(json.dumps({"path": path, "records": 1}))
+    base = {"status": "succeeded", "run_dir": str(root), "counts": {"input": table.num_rows}, "stages": {}}
+    (root / "manifest.json").write_text(json.dumps({**base, **(manifest or {})}))
+    return root
+
+
+@pytest.fixture
+def grid_table():
+    """16 documents at known points: 4 per unit cell of a 2x2 grid over [0, 2] x [0, 2], known signals."""
+    import pyarrow as pa
+
+    xs, ys, score, flag, cat, text = [], [], [], [], [], []
+    for i, (cx, cy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        for j in range(4):
+            xs.append(cx + 0.25 + 0.5 * (j % 2))
+            ys.append(cy + 0.25 + 0.5 * (j // 2))
+            score.append(float(10 * i + j))  # cell i has mean 10 i + 1.5
+            flag.append(j != 3)
+            cat.append("a" if j < 2 else "b")
+            text.append(f"document {i}-{j} " + "words " * 80)
+    n = len(xs)
+    return pa.table(
+        {
+            "id": [f"d{k}" for k in range(n)],
+            "text": text,
+            "source_file": ["/nonexistent/input.jsonl"] * n,
+            "source_index": pa.array(range(1, n + 1), pa.int64()),
+            "source": cat,
+            "score": pa.array(score, pa.float32()),
+            "ok_keep": flag,
+            "map_x": pa.array(xs, pa.float32()),
+            "map_y": pa.array(ys, pa.float32()),
+        }
+    )

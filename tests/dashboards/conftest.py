@@ -30,6 +30,29 @@ def dash_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def map_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
+    """A run with the map's own columns: topics and map coordinates (PCA: no numba compile) from the pipeline."""
+    from dq_ray.pipeline import run_job
+
+    out = tmp_path_factory.mktemp("dash-map") / "run"
+    cfg = load_config(
+        {
+            "input": {"paths": [str(tiny_corpus)], "batch_rows": 50, "keep_fields": ["source"]},
+            "output": {"path": str(out)},
+            "stages": [
+                "heuristics",
+                "exact_dedup",
+                {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
+                {"name": "topics", "params": {"n_topics": 6}},
+                {"name": "map", "params": {"method": "pca"}},
+            ],
+        }
+    )
+    run_job(cfg)
+    return out
+
+
 def write_synthetic_run(root: Path, table, inputs: list[str] = (), manifest: dict | None = None) -> Path:
     """A minimal run directory around a ``docs`` table (known points for exact checks); no Ray needed."""
     import json

@@ -35,14 +35,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(dash_run):
+def server(map_run):
     port = _free_port()
     exe = shutil.which("dq-ray", path=os.path.dirname(sys.executable)) or "dq-ray"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "server.log", "w")
-    proc = subprocess.Popen(
-        [exe, "dashboard", str(dash_run), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
+    proc = subprocess.Popen([exe, "dashboard", str(map_run), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180  # imports and the first load of the store; slow on a busy 2-core machine
     while True:
@@ -117,6 +115,7 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             # the map is an image, not a blank plot: an empty plot area has (almost) no pixel variance
             first = _map_image(page)
             assert _variance(first) > 50, "the map image looks blank"
+            expect(page.get_by_text("coordinates: map_x / map_y")).to_be_visible()  # the map stage's own columns
             counts = page.locator(".dq-counts")
             expect(counts).to_contain_text("of")
             before = counts.inner_text()

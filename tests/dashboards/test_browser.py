@@ -21,6 +21,10 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+#: how long to wait for a re-render or an update over the websocket: generous, since a passing run returns at
+#: once and a loaded CI machine can take a minute (only a failure waits this long)
+WAIT_S = 120.0
+WAIT_MS = int(WAIT_S * 1000)
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
 
 pytestmark = pytest.mark.skipif(
@@ -82,7 +86,7 @@ def _map_image(page, attempts: int = 20) -> bytes:
     return page.locator(".dq-map canvas").first.screenshot()
 
 
-def _new_map_image(page, old: bytes, timeout_s: float = 30.0) -> bytes:
+def _new_map_image(page, old: bytes, timeout_s: float = WAIT_S) -> bytes:
     """Wait until the map image differs from ``old`` (the server re-renders over the websocket)."""
     deadline = time.time() + timeout_s
     while True:
@@ -108,7 +112,7 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             page = browser.new_page(viewport={"width": 1700, "height": 1300})
             page.goto(server, wait_until="networkidle", timeout=60_000)
             map_canvas = page.locator(".dq-map canvas").first
-            expect(map_canvas).to_be_visible(timeout=30_000)
+            expect(map_canvas).to_be_visible(timeout=WAIT_MS)
             page.wait_for_timeout(1500)  # the first frame arrives over the websocket
             _shot(page, "01-loaded")
 
@@ -132,7 +136,7 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             for _ in range(40):
                 handle.press("ArrowRight")
             page.wait_for_timeout(2500)
-            expect(counts).not_to_have_text(before, timeout=10_000)
+            expect(counts).not_to_have_text(before, timeout=WAIT_MS)
             _shot(page, "03-filtered")
 
             # box-select with Bokeh's box select tool: drag over the middle of the map
@@ -145,12 +149,12 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
             page.mouse.move(x1, y1, steps=5)
             page.mouse.up()
-            expect(page.locator(".dq-selection")).to_contain_text("showing", timeout=20_000)
+            expect(page.locator(".dq-selection")).to_contain_text("showing", timeout=WAIT_MS)
             rows = page.locator(".dq-table .tabulator-row")
-            expect(rows).not_to_have_count(0, timeout=15_000)
+            expect(rows).not_to_have_count(0, timeout=WAIT_MS)
             # each row carries a text snippet, read on demand from the original input file
             snippet = page.locator(".dq-table .tabulator-row .tabulator-cell[tabulator-field='snippet']").first
-            expect(snippet).to_have_text(re.compile(r"\S.{20,}"), timeout=15_000)
+            expect(snippet).to_have_text(re.compile(r"\S.{20,}"), timeout=WAIT_MS)
             _shot(page, "04-box-selected")
         finally:
             browser.close()

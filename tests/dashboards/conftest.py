@@ -8,49 +8,34 @@ import pytest
 
 from dq_ray.config import load_config
 
+BASE_STAGES = ["heuristics", "exact_dedup", {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}}]
 
-@pytest.fixture(scope="session")
-def dash_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
-    """A run directory written by the real pipeline (no map stage: the store projects the embeddings)."""
+
+def _pipeline_run(out: Path, corpus: Path, stages: list) -> Path:
     from dq_ray.pipeline import run_job
 
-    out = tmp_path_factory.mktemp("dash") / "run"
     cfg = load_config(
         {
-            "input": {"paths": [str(tiny_corpus)], "batch_rows": 50, "keep_fields": ["source"]},
+            "input": {"paths": [str(corpus)], "batch_rows": 50, "keep_fields": ["source"]},
             "output": {"path": str(out)},
-            "stages": [
-                "heuristics",
-                "exact_dedup",
-                {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
-            ],
+            "stages": stages,
         }
     )
     run_job(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def dash_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
+    """A run directory written by the real pipeline (no map stage: the store projects the embeddings)."""
+    return _pipeline_run(tmp_path_factory.mktemp("dash") / "run", tiny_corpus, BASE_STAGES)
 
 
 @pytest.fixture(scope="session")
 def map_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
     """A run with the map's own columns: topics and map coordinates (PCA: no numba compile) from the pipeline."""
-    from dq_ray.pipeline import run_job
-
-    out = tmp_path_factory.mktemp("dash-map") / "run"
-    cfg = load_config(
-        {
-            "input": {"paths": [str(tiny_corpus)], "batch_rows": 50, "keep_fields": ["source"]},
-            "output": {"path": str(out)},
-            "stages": [
-                "heuristics",
-                "exact_dedup",
-                {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
-                {"name": "topics", "params": {"n_topics": 6}},
-                {"name": "map", "params": {"method": "pca"}},
-            ],
-        }
-    )
-    run_job(cfg)
-    return out
+    stages = [*BASE_STAGES, {"name": "topics", "params": {"n_topics": 6}}, {"name": "map", "params": {"method": "pca"}}]
+    return _pipeline_run(tmp_path_factory.mktemp("dash-map") / "run", tiny_corpus, stages)
 
 
 def write_synthetic_run(root: Path, table, inputs: list[str] = (), manifest: dict | None = None) -> Path:

@@ -37,6 +37,8 @@ class Row:
     walls: list[float] = field(default_factory=list)
     busy_before: list[float | None] = field(default_factory=list)
     others_cpu: list[float] = field(default_factory=list)
+    #: dq-ray rows: the measured stage's span in each round (first batch in to last batch out, from the manifest)
+    spans: list[float] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -45,6 +47,22 @@ class Row:
     @property
     def docs_per_s(self) -> float:
         return self.docs / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def span_s(self) -> float:
+        """The stage's shortest span (nan for a row without one)."""
+        return min(self.spans) if self.spans else float("nan")
+
+    @property
+    def stage_docs_per_s(self) -> float:
+        """Documents per second while the stage ran: its throughput once the actors are up (nan: no span)."""
+        return self.docs / self.span_s if self.spans else float("nan")
+
+    @property
+    def fixed_s(self) -> float:
+        """End-to-end wall minus the stage's span in the fastest round: start-up, reads before the first batch,
+        the write and manifest after the last (nan: no span)."""
+        return self.wall_s - self.spans[self.walls.index(self.wall_s)] if self.spans else float("nan")
 
     def add(self, docs: int, wall: float, busy: float | None, others: float | None = None) -> None:
         if self.walls and docs != self.docs:
@@ -145,9 +163,10 @@ class Interference:
 # -- timing dq-ray ----------------------------------------------------------------------------------------
 
 
-def time_run_job(cfg, row: Row, num_cpus: int | None):
+def time_run_job(cfg, row: Row, num_cpus: int | None, stage: str | None = None):
     """``run_job(cfg)`` timed on a fresh embedded Ray started as ``dq-ray run`` starts it (the start is not
-    timed), after waiting for a quiet machine; the round goes into ``row``. Returns the run result."""
+    timed), after waiting for a quiet machine; the round goes into ``row``, with the span of ``stage`` (from the
+    manifest) where named. Returns the run result."""
     import ray
 
     from dq_ray.pipeline import init_local_ray, run_job
@@ -162,6 +181,8 @@ def time_run_job(cfg, row: Row, num_cpus: int | None):
     finally:
         ray.shutdown()
     row.add(result.manifest["counts"]["accepted"], wall, busy, other.others)
+    if stage is not None:
+        row.spans.append(float(result.manifest["stages"][stage]["wall_s"]))
     return result
 
 

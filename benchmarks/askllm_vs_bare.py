@@ -3,10 +3,11 @@ held-out agreement of the distilled Ask-LLM.
 
 One run measures, over the same documents (a spread of the demo corpus read through dq-ray's reader):
 
-* **dq-ray**: ``run_job`` with only the ``askllm`` stage (SmolLM2-135M-Instruct, transformers on the CPU, one
-  Ray actor with ``--threads`` torch threads): read JSONL, score in the actor, write ``docs/`` (Parquet) and the
-  manifest, on an embedded Ray started beforehand (not timed). The actor's model load is inside this time; the
-  stage's own busy time (from the manifest, load excluded) is reported too;
+* **dq-ray**: ``run_job`` with only the ``askllm`` stage (SmolLM2-135M-Instruct, transformers on the CPU) in
+  two layouts, ``--threads`` actors of one torch thread each and one actor with ``--threads`` threads: read
+  JSONL, score in the actors, write ``docs/`` (Parquet) and the manifest, on an embedded Ray started beforehand
+  (not timed). Two rates: end to end (the actors' start and model load inside) and in the stage (documents /
+  the stage's span in the manifest, first batch in to last batch out: the rate once the actors are up);
 * **bare loop**: the same judge (:class:`dq_ray.stages.askllm.AskLLMJudge`, same engine, threads and template)
   called in this process over the same texts in batches of the same size, model loaded beforehand (not timed):
   the baseline, ratio 1.00.
@@ -58,7 +59,7 @@ def prepare_input(input_path: str, n: int, out_dir: Path) -> list[tuple[str, str
     return picked
 
 
-def run_dq_ray(input_dir: Path, run_dir: Path, params: dict, threads: int, row: Row) -> tuple[dict, dict]:
+def run_dq_ray(input_dir: Path, run_dir: Path, params: dict, cpus: int, actors: int, row: Row) -> tuple[dict, dict]:
     """Time ``run_job`` with only the askllm stage; return {id: (score, tokens)} from docs/ and the manifest."""
     import pyarrow.parquet as pq
 
@@ -68,17 +69,17 @@ def run_dq_ray(input_dir: Path, run_dir: Path, params: dict, threads: int, row: 
         {
             "input": {"paths": [str(input_dir)]},
             "output": {"path": str(run_dir)},
-            "ray": {"num_cpus": threads},
+            "ray": {"num_cpus": cpus},
             "stages": [
                 {
                     "name": "askllm",
                     "params": params,
-                    "resources": {"num_cpus": 1, "concurrency": 1, "batch_size": BATCH_ROWS},
+                    "resources": {"num_cpus": 1, "concurrency": actors, "batch_size": BATCH_ROWS},
                 }
             ],
         }
     )
-    result = time_run_job(cfg, row, threads)
+    result = time_run_job(cfg, row, cpus, stage="askllm")
     t = pq.read_table(run_dir / "docs", columns=["id", "askllm_score", "askllm_tokens"]).to_pydict()
     return {i: (s, n) for i, s, n in zip(t["id"], t["askllm_score"], t["askllm_tokens"])}, result.manifest
 
@@ -127,37 +128,46 @@ def main(argv: list[str] | None = None) -> int:
     from dq_ray.backends.onnx import OnnxEncoder
     from dq_ray.stages.askllm import AskLLMJudge, AskLLMParams
 
-    params = {"backend": "transformers", "device": "cpu", "token_budget": args.token_budget}
-    params.update(num_threads=args.threads, batch_size=8)
+    params = {"backend": "transformers", "device": "cpu", "token_budget": args.token_budget, "batch_size": 8}
+    w = args.threads
     rows = {
-        "dq": Row(f"dq-ray end to end, 1 actor x {args.threads} threads (Ray start excluded, model load included)"),
-        "bare": Row(f"bare judge loop, {args.threads} threads (model load excluded)"),
+        "bare": Row(f"bare judge loop, {w} threads (model load excluded)"),
+        "dq": Row(f"dq-ray, {w} actors x 1 thread"),
+        "dq_1": Row(f"dq-ray, 1 actor x {w} threads"),
     }
+    layouts = {"dq": (w, 1), "dq_1": (1, w)}  # actors, threads per actor
     tmp = Path(tempfile.mkdtemp(prefix="dq-bench-askllm-"))
-    stage_busy: list[float] = []
+    got: dict[str, dict] = {}
     try:
         docs = prepare_input(args.input, args.docs, tmp / "input")
         ids, texts = [d[0] for d in docs], [d[1] for d in docs]
-        judge = AskLLMJudge(AskLLMParams(**params))
+        judge = AskLLMJudge(AskLLMParams(**params, num_threads=w))
         for r in range(args.rounds):
             log.info("round %d/%d", r + 1, args.rounds)
-            got, manifest = run_dq_ray(tmp / "input", tmp / f"run-{r}", params, args.threads, rows["dq"])
-            stage_busy.append(manifest["stages"]["askllm"]["busy_s"])
-            parts = run_bare(judge, texts, rows["bare"])
+            for key, row in rows.items():
+                if key == "bare":
+                    parts = run_bare(judge, texts, row)
+                    continue
+                actors, threads = layouts[key]
+                got[key], _ = run_dq_ray(
+                    tmp / "input", tmp / f"run-{key}-{r}", {**params, "num_threads": threads}, w, actors, row
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     bare_score = np.concatenate([p.score for p in parts])
     bare_tokens = np.concatenate([p.tokens for p in parts])
     logit = np.concatenate([p.logp_yes - p.logp_no for p in parts])
-    dq_score = np.array([got[i][0] for i in ids], dtype=np.float64)
     tokens = int(bare_tokens.sum())
-    max_diff = float(np.nanmax(np.abs(dq_score - bare_score)))
     problems = []
+    max_diff = 0.0
+    for key in layouts:
+        dq_score = np.array([got[key][i][0] for i in ids], dtype=np.float64)
+        max_diff = max(max_diff, float(np.nanmax(np.abs(dq_score - bare_score))))
+        if sum(got[key][i][1] for i in ids) != tokens:
+            problems.append(f"{rows[key].system}: askllm_tokens differ from the bare loop's")
     if max_diff > 1e-3:
         problems.append(f"dq-ray's scores differ from the bare loop's by up to {max_diff:.2e}")
-    if sum(got[i][1] for i in ids) != tokens:
-        problems.append("dq-ray's askllm_tokens differ from the bare loop's")
 
     encoder = OnnxEncoder(default_model(), default_onnx_file(), "cpu", 32, 256, num_threads=args.threads)
     x = encoder.encode(texts).astype(np.float64)
@@ -165,32 +175,33 @@ def main(argv: list[str] | None = None) -> int:
     distill = distill_agreement(x, logit, args.folds, 0.3)
 
     base = rows["bare"]
-    busy_rate = len(ids) / min(stage_busy)
     lines = [
-        "| system | docs | prompt tokens | wall s | docs/s | tokens/s | ratio vs bare loop |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| system | docs | prompt tokens | wall s | docs/s end to end | tokens/s end to end | stage span s "
+        "| docs/s in the stage | fixed s | end to end / bare | in the stage / bare |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {base.system} | {base.docs} | {tokens} | {base.wall_s:.2f} | {base.docs_per_s:.2f} | "
+        f"{tokens / base.wall_s:.0f} | | | | 1.00x | |",
     ]
-    for row in rows.values():
-        ratio = row.docs_per_s / base.docs_per_s
+    for key in layouts:
+        row = rows[key]
         lines.append(
             f"| {row.system} | {row.docs} | {tokens} | {row.wall_s:.2f} | {row.docs_per_s:.2f} | "
-            f"{tokens / row.wall_s:.0f} | {ratio:.2f}x |"
+            f"{tokens / row.wall_s:.0f} | {row.span_s:.2f} | {row.stage_docs_per_s:.2f} | {row.fixed_s:.1f} | "
+            f"{row.docs_per_s / base.docs_per_s:.2f}x | {row.stage_docs_per_s / base.docs_per_s:.2f}x |"
         )
-    lines.append(
-        f"| dq-ray stage busy time (manifest `busy_s`: scoring only, load excluded) | {len(ids)} | {tokens} | "
-        f"{min(stage_busy):.2f} | {busy_rate:.2f} | {tokens / min(stage_busy):.0f} | "
-        f"{busy_rate / base.docs_per_s:.2f}x |"
-    )
     report = report_header("Ask-LLM: dq-ray's askllm stage vs the bare judge loop", PACKAGES, load_average=load_before)
     report += [
         f"- documents: {len(ids)} spread evenly over `{args.input}`; token budget {args.token_budget} document tokens "
         f"(prompt with template and chat markup: mean {bare_tokens.mean():.0f} tokens); model SmolLM2-135M-Instruct "
-        f"(Q4_1 GGUF dequantised to float32), transformers on the CPU, {args.threads} torch threads, 8 prompts per "
-        f"forward pass, {BATCH_ROWS} documents per batch; fastest of {args.rounds} round(s)",
-        f"- dq-ray's fixed cost (end-to-end wall minus the stage's busy time: Ray Data start, actor start and "
-        f"model load, Parquet write): {rows['dq'].wall_s - min(stage_busy):.1f} s",
+        f"(Q4_1 GGUF dequantised to float32), transformers on the CPU, {w} Ray CPUs, 8 prompts per forward pass, "
+        f"{BATCH_ROWS} documents per batch; {args.rounds} round(s) interleaved, fastest kept",
         "",
         *lines,
+        "",
+        "End to end = documents / `run_job` wall (embedded Ray already started; actor start and model load, reads, "
+        "scoring, Parquet write and manifest included). In the stage = documents / the stage's span (first batch "
+        "in to last batch out). Fixed = end-to-end wall minus the span. The bare loop times the scoring calls "
+        "alone (model already loaded).",
         "",
         f"Scores: dq-ray vs bare loop, max |difference| {max_diff:.2e}; mean LLM score {np.nanmean(bare_score):.4f}, "
         f"std {np.nanstd(bare_score):.4f}.",

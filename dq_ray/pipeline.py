@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 BUCKET_COLUMN = "_dq_bucket"
 READ_CPUS = 0.5
+#: CPUs of Ray Data's own operators between stages (``repartition``, ``drop_columns``): one each, not settable
+HELPER_CPUS = 1.0
 SAMPLE_KEY = "_dq_sample_key"
 #: Bytes of shuffled signal rows per groupby partition we aim for (signals are ~10% of input bytes).
 _SHUFFLE_BYTES_PER_PARTITION = 128 * 2**20
@@ -118,16 +120,16 @@ def _stats_actor_class():
             self.seen: set[tuple[str, str]] = set()
 
         def record(
-            self, stage: str, key: str, rows: int, busy: float, start: float, end: float, setup: float, node: str
+            self, stage: str, key: str, rows: int, busy: float, start: float, end: float, setup: float, worker: str
         ) -> None:
             if (stage, key) in self.seen:
                 return
             self.seen.add((stage, key))
             s = self.data.setdefault(
                 stage,
-                {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0, "nodes": set()},
+                {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0, "workers": set()},
             )
-            s["nodes"].add(node)
+            s["workers"].add(worker)
             s["rows"] += rows
             s["busy_s"] += busy
             s["setup_s"] += setup
@@ -144,8 +146,8 @@ def _stats_actor_class():
 def _record(stats: Any, stage: str, key: str, rows: int, busy: float, start: float, end: float, setup: float = 0.0):
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    ray.get(stats.record.remote(stage, key, rows, busy, start, end, setup, node))
+    worker = f"{ray.get_runtime_context().get_node_id()}:{os.getpid()}"
+    ray.get(stats.record.remote(stage, key, rows, busy, start, end, setup, worker))
 
 
 def _batch_key(batch: pa.Table) -> str:
@@ -192,12 +194,13 @@ class StageSetupError(RuntimeError):
     """A stage could not be set up in a worker (a model that does not load, an engine that fails)."""
 
 
-_WORKER_STAGES: dict[int, tuple[Stage, float]] = {}
+_WORKER_STAGES: dict[int, list] = {}  # key -> [stage, setup seconds not yet reported]
 _WORKER_CALLS: dict[str, int] = {}
 
 
-def _worker_stage(ref: StageRef) -> tuple[Stage, float]:
-    """The stage object of this worker process, built and set up once (returns it and its setup time)."""
+def _worker_stage(ref: StageRef, claim: bool = True) -> tuple[Stage, float]:
+    """The stage object of this worker process, built and set up once. Returns it and its setup time, which
+    the first claiming call gets (for the stage statistics) and later calls get as 0."""
     key = hash((ref.config.name, repr(ref.config.params), ref.artifacts_dir))
     if key not in _WORKER_STAGES:
         t0 = time.perf_counter()
@@ -210,9 +213,12 @@ def _worker_stage(ref: StageRef) -> tuple[Stage, float]:
             raise StageSetupError(
                 f"stage {ref.config.name!r} could not be set up on {platform.node()}: {type(exc).__name__}: {exc}"
             ) from exc
-        _WORKER_STAGES[key] = (stage, time.perf_counter() - t0)
-        return _WORKER_STAGES[key]
-    return _WORKER_STAGES[key][0], 0.0
+        _WORKER_STAGES[key] = [stage, time.perf_counter() - t0]
+    entry = _WORKER_STAGES[key]
+    setup = entry[1]
+    if claim:
+        entry[1] = 0.0
+    return entry[0], setup
 
 
 def _bucket_of(keys: pa.Array, num_buckets: int) -> pa.Array:
@@ -304,7 +310,7 @@ class _StageActor:
 
     def __init__(self, ref: StageRef, stats: Any, num_buckets: int) -> None:
         self.ref, self.stats, self.num_buckets = ref, stats, num_buckets
-        _worker_stage(ref)
+        _worker_stage(ref, claim=False)  # the first batch reports the setup time
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return _map_stage(batch, self.ref, self.stats, self.num_buckets)
@@ -458,7 +464,13 @@ class Plan:
         sc = self.cfg.stages[i]
         return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"), self.run.path, phase, self.faults)
 
-    def read(self, files: list[InputFile]):
+    def block_rows(self, ph: Phase) -> int:
+        """Rows per block entering a phase: ``input.batch_rows``, or less when a stage of the phase takes smaller
+        batches. Ray Data hands whole blocks to an actor, so a block larger than the batch would keep the other
+        actors of the pool idle (a 500-row block is minutes of Ask-LLM work for one actor)."""
+        return min([self.cfg.input.batch_rows, *(self.resources[i].batch_size for i in ph.stages)])
+
+    def read(self, files: list[InputFile], block_rows: int):
         """One read task per input file, then blocks split so one large file spreads over every worker."""
         import ray
 
@@ -474,14 +486,13 @@ class Plan:
             num_cpus=READ_CPUS,
             max_retries=self.cfg.ray.max_task_retries,
         )
-        ds = ds.repartition(target_num_rows_per_block=self.cfg.input.batch_rows)
+        ds = ds.repartition(target_num_rows_per_block=block_rows)
         if self.last_text_user < 0 and not self.cfg.output.keep_text:
             ds = ds.drop_columns(["text"])
         return ds
 
     def apply(self, ds, i: int, phase: int):
         """Stage ``i``'s map: Ray tasks, or an actor pool for stateful/GPU stages; retries bounded by ``ray:``."""
-        from ray.data import ActorPoolStrategy
 
         stage, ref, res, ray_cfg = self.stages[i], self.ref(i, phase), self.resources[i], self.cfg.ray
         common = dict(
@@ -506,7 +517,7 @@ class Plan:
                 ds,
                 _StageActor,
                 fn_constructor_kwargs={"ref": ref, "stats": self.stats, "num_buckets": self.partitions},
-                compute=ActorPoolStrategy(min_size=1, max_size=res.concurrency or _default_actors(res)),
+                compute=_actor_pool(res),
                 max_restarts=ray_cfg.max_actor_restarts,
                 max_task_retries=ray_cfg.max_task_retries,
                 **common,
@@ -601,11 +612,11 @@ class Plan:
         if (todo is None or todo) and sources != []:
             if sources is None:
                 wanted = set(todo)
-                ds = self.read([f for f in self.files if self.run.shard_key(f.path) in wanted])
+                ds = self.read([f for f in self.files if self.run.shard_key(f.path) in wanted], self.block_rows(ph))
             else:
                 ds = ray.data.read_parquet(sources)
                 if ph.streaming:
-                    ds = ds.repartition(target_num_rows_per_block=self.cfg.input.batch_rows)
+                    ds = ds.repartition(target_num_rows_per_block=self.block_rows(ph))
             if ph.group is not None:
                 ds = self.group(ds, ph.group, ph.index)
             for i in ph.stages:
@@ -677,25 +688,26 @@ def _map_batches(ds, fn, **kwargs):
 def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list, cpus: float) -> list:
     """Shrink the CPU requests of a phase's actor pools when together they would leave no CPU for its tasks.
 
-    Every actor pool holds at least one actor (and its CPUs) for the whole phase, while reads, commits and
-    task stages need CPUs free to run: two 1-CPU model stages in one phase on a 2-CPU machine would wait for
-    each other forever. The actors' request is then scaled down so that the largest task still fits; the
-    threads a model uses are set by its own params (``num_threads``), not by this reservation.
+    Every actor pool holds its actors (one, or the ``concurrency`` named in the config) and their CPUs for the
+    whole phase, while reads, commits, Ray Data's repartitions (one CPU each) and task stages need CPUs free
+    to run: two 1-CPU model stages in one phase on a 2-CPU machine would wait for each other forever. The
+    actors' request is then scaled down so that the largest task still fits; the threads a model uses are set
+    by its own params (``num_threads``), not by this reservation.
     """
     out = list(resources)
     for ph in phases:
         actors = [i for i in ph.stages if stages[i].stateful or resources[i].num_gpus]
         tasks = [resources[i].num_cpus for i in ph.stages if i not in actors] + ([1.0] if ph.group is not None else [])
-        held = sum(resources[i].num_cpus for i in actors)
-        room = cpus - max([READ_CPUS, *tasks])
+        held = sum(resources[i].num_cpus * (resources[i].concurrency or 1) for i in actors)
+        room = cpus - max([READ_CPUS, HELPER_CPUS, *tasks])
         if not actors or held <= room:
             continue
         scale = max(room, 0.1 * len(actors)) / held
         for i in actors:
-            # one actor per pool: more would take back the CPUs just freed
+            # pools keep their size (one actor where none was named: more would take back the CPUs just freed)
             res = resources[i]
             out[i] = dataclasses.replace(res, num_cpus=round(res.num_cpus * scale, 3), concurrency=res.concurrency or 1)
-        log.warning(
+        log.info(
             "phase %d: actor stages %s would hold %.1f of %.1f CPUs and starve the tasks; reserving %s instead",
             ph.index,
             [stages[i].name for i in actors],
@@ -704,6 +716,17 @@ def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list
             [out[i].num_cpus for i in actors],
         )
     return out
+
+
+def _actor_pool(res: Any):
+    """The actor pool of a model stage: exactly ``concurrency`` actors when the config names a number (all of
+    them start at once, whatever Ray Data's autoscaler would make of a short queue), else 1 up to as many as the
+    CPUs allow."""
+    from ray.data import ActorPoolStrategy
+
+    if res.concurrency:
+        return ActorPoolStrategy(size=res.concurrency)
+    return ActorPoolStrategy(min_size=1, max_size=_default_actors(res))
 
 
 def _default_actors(res: Any) -> int:
@@ -751,11 +774,14 @@ def _stage_table(
         table[name] = {
             "rows": s["rows"],
             "wall_s": round(wall, 6),
+            "started": round(s["start"], 3),  # Unix time the first batch went in
+            "ended": round(s["end"], 3),  # Unix time the last batch came out
             "busy_s": round(s["busy_s"], 6),
             "setup_s": round(s["setup_s"], 6),
             "docs_per_s": round(s["rows"] / wall, 1),
             "docs_per_busy_s": round(s["rows"] / s["busy_s"], 1) if s["busy_s"] > 0 else None,
-            "nodes": sorted(s["nodes"]),
+            "nodes": sorted({w.split(":")[0] for w in s["workers"]}),
+            "workers": len(s["workers"]),  # processes (actors, task workers) that ran its batches
         }
     return table
 

@@ -120,6 +120,17 @@ def test_a_killed_actor_is_restarted_and_its_batch_retried(ray_local, tiny_corpu
     assert m["stages"]["test_actor_words"]["rows"] == m["counts"]["accepted"]
 
 
+def test_a_pool_of_a_named_size_runs_every_actor(ray_local, tiny_corpus, tmp_path):
+    """``concurrency: 2`` means two actors working side by side, even on a short queue (small blocks)."""
+    stages = [{"name": "test_actor_words", "resources": {"batch_size": 8, "concurrency": 2}}]
+    m = run_job(cfg_for(tiny_corpus, tmp_path / "run", stages)).manifest
+    st = m["stages"]["test_actor_words"]
+    assert m["status"] == "succeeded" and st["rows"] == m["counts"]["accepted"]
+    assert st["workers"] == 2
+    assert m["stage_info"]["test_actor_words"]["resources"]["concurrency"] == 2
+    assert st["setup_s"] > 0  # each actor's set-up is reported with its first batch
+
+
 def test_a_stage_that_cannot_set_up_fails_clearly(ray_local, tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, "fail_setup:test_actor_words")
     stages = [{"name": "test_actor_words", "resources": {"concurrency": 1}}]

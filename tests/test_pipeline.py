@@ -122,7 +122,7 @@ def test_refuses_to_overwrite_then_overwrites(run, ray_local, tiny_corpus):
 
 def test_actor_stages_leave_cpus_for_tasks():
     """Two 1-CPU model stages in one phase on 2 CPUs would hold both CPUs and starve the reads: they shrink."""
-    from dq_ray.pipeline import READ_CPUS, phases_of, share_cpus
+    from dq_ray.pipeline import HELPER_CPUS, READ_CPUS, phases_of, share_cpus
     from dq_ray.stage import Resources, get_stage
 
     stages = [get_stage("heuristics")(), get_stage("embed")(), get_stage("embed")()]
@@ -134,6 +134,34 @@ def test_actor_stages_leave_cpus_for_tasks():
     assert out[1].concurrency == out[2].concurrency == 1
     # enough CPUs: nothing changes
     assert share_cpus(phases, stages, resources, cpus=8) == resources
-    # only the reader to leave room for
+    # no task stage: room for Ray Data's own 1-CPU operators (repartition) and the reader
     out = share_cpus(phases_of(stages[1:]), stages[1:], resources[1:], cpus=2)
-    assert out[0].num_cpus + out[1].num_cpus <= 2 - READ_CPUS
+    assert out[0].num_cpus + out[1].num_cpus <= 2 - max(READ_CPUS, HELPER_CPUS)
+    # a pool of a named size holds that many actors' CPUs: two 1-CPU actors of one stage shrink too
+    two = [Resources(num_cpus=1, concurrency=2)]
+    out = share_cpus(phases_of(stages[1:2]), stages[1:2], two, cpus=2)
+    assert out[0].concurrency == 2 and 2 * out[0].num_cpus <= 2 - HELPER_CPUS
+
+
+def test_blocks_are_no_larger_than_the_smallest_batch_of_their_phase(tmp_path):
+    """Ray Data hands whole blocks to an actor: a block larger than the batch would leave the pool's other
+    actors idle, so a phase reads its input in blocks of its smallest batch (at most ``input.batch_rows``)."""
+    from dq_ray.pipeline import Plan
+    from dq_ray.stage import get_stage
+
+    def plan(embed_batch):
+        cfg = load_config(
+            {
+                "input": {"paths": [str(tmp_path)], "batch_rows": 500},
+                "output": {"path": str(tmp_path / "run")},
+                "stages": [
+                    {"name": "heuristics"},
+                    {"name": "embed", "params": {"backend": "onnx"}, "resources": {"batch_size": embed_batch}},
+                ],
+            }
+        )
+        p = Plan(cfg, [], None, None)
+        return p.block_rows(p.phases[0])
+
+    assert plan(32) == 32
+    assert plan(4096) == get_stage("heuristics").default_resources.batch_size

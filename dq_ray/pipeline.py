@@ -493,7 +493,6 @@ class Plan:
 
     def apply(self, ds, i: int, phase: int):
         """Stage ``i``'s map: Ray tasks, or an actor pool for stateful/GPU stages; retries bounded by ``ray:``."""
-
         stage, ref, res, ray_cfg = self.stages[i], self.ref(i, phase), self.resources[i], self.cfg.ray
         common = dict(
             batch_size=res.batch_size,

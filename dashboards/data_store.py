@@ -587,11 +587,11 @@ def read_records(path: str, indices: list[int], text_field: str = "text") -> dic
     ``path`` must already be checked (:meth:`RunStore.check_input`). Reads only what it needs: a JSONL file up
     to the last wanted line, a Parquet file only the row groups holding the wanted rows.
     """
-    from dq_ray.io import _format_of, _open_lines
+    from dq_ray.io.readers import format_of, open_lines
 
     want = set(indices)
     out: dict[int, str | None] = {}
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if fmt == "parquet":
         import fsspec
 
@@ -608,7 +608,7 @@ def read_records(path: str, indices: list[int], text_field: str = "text") -> dic
                 start += n
         return out
     last = max(want) if want else 0
-    with _open_lines(path) as lines:
+    with open_lines(path) as lines:
         for lineno, line in enumerate(lines, start=1):
             if lineno in want:
                 try:

@@ -89,7 +89,7 @@ def one(n: int, method: str, queries: int, bandwidth: float | None) -> dict:
             row["rss_before"] = _status("VmRSS")
             reset_peak()
             t0 = time.perf_counter()
-            info = Density(params).fit(TableFitData(table, tmp))
+            info = Density(params).fit_signed(TableFitData(table, tmp))
             row["fit_s"] = time.perf_counter() - t0
             row["fit_peak"] = _status("VmHWM")
             stage = Density(params)

@@ -87,7 +87,7 @@ def run_method(table, params, workdir: Path) -> tuple[np.ndarray, np.ndarray, di
     from dq_ray.stages.density import Density
 
     t0 = time.perf_counter()
-    info = Density(params).fit(TableFitData(table, str(workdir)))
+    info = Density(params).fit_signed(TableFitData(table, str(workdir)))
     fit_s = time.perf_counter() - t0
     stage = Density(params)
     stage.artifacts_dir = str(workdir)

@@ -96,7 +96,7 @@ def run_dq_ray(table: pa.Table, params: MinHashParams) -> tuple[list, float]:
     stage = MinHashDedup(params)
     data = TableFitData(table, tempfile.mkdtemp(prefix="mh-bench-"))
     t0 = time.perf_counter()
-    stage.fit(data)
+    stage.fit_signed(data)
     stage.artifacts_dir = data.artifacts_dir
     out = stage(table)
     return out["minhash_group"].to_pylist(), time.perf_counter() - t0

@@ -98,7 +98,7 @@ def run_semdedup(x: np.ndarray) -> dict:
     stage = SemDedup(SemDedupParams(threshold=THRESHOLD))
     data = TableFitData(table, tempfile.mkdtemp(prefix="semdedup-bench-"))
     t0 = time.perf_counter()
-    info = stage.fit(data)
+    info = stage.fit_signed(data)
     t_fit = time.perf_counter() - t0
     stage.artifacts_dir = data.artifacts_dir
     stage.ensure_setup()

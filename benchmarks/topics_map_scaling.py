@@ -115,7 +115,7 @@ def measure(n: int, umap_rows: int, umap_full_max: int, max_sample: int, umap_ma
     # map: PCA over everything; UMAP transform on umap_rows rows; UMAP fit on everything as the baseline
     fit_rows = table.slice(0, min(n, 10_000))
     pca = Map(MapParams(method="pca", sample_rows=10_000))
-    pca.fit(TableFitData(fit_rows, f"{tmp}/pca"))
+    pca.fit_signed(TableFitData(fit_rows, f"{tmp}/pca"))
     pca.artifacts_dir = f"{tmp}/pca"
     pca.ensure_setup()
     t0 = time.perf_counter()
@@ -131,14 +131,14 @@ def measure(n: int, umap_rows: int, umap_full_max: int, max_sample: int, umap_ma
     # (above 4,096 rows UMAP switches to NN-descent: the warm-up fit is that large so both paths are compiled)
     warm_rows = min(n, 5000)
     warm = Map(MapParams(method="umap", sample_rows=warm_rows, n_epochs=5))
-    warm.fit(TableFitData(table.slice(0, warm_rows), f"{tmp}/warm"))
+    warm.fit_signed(TableFitData(table.slice(0, warm_rows), f"{tmp}/warm"))
     warm.artifacts_dir = f"{tmp}/warm"
     warm.ensure_setup()
     warm.process(table.slice(0, 64))
     out["umap_compile_s"] = time.perf_counter() - t0
     um = Map(MapParams(method="umap", sample_rows=10_000))
     t0 = time.perf_counter()
-    um.fit(TableFitData(fit_rows, f"{tmp}/umap"))
+    um.fit_signed(TableFitData(fit_rows, f"{tmp}/umap"))
     out["umap_fit_s"] = time.perf_counter() - t0
     um.artifacts_dir = f"{tmp}/umap"
     um.ensure_setup()

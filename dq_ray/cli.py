@@ -68,7 +68,9 @@ def main() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
 def run(config: str, inputs, output, overrides, overwrite: bool, resume: bool, verbose: bool) -> None:
     """Score every document of the inputs and write the run directory."""
+    from dq_ray.artifacts import UntrustedArtifactError
     from dq_ray.io import InputError
+    from dq_ray.io.guard import NotARunError, RunLockedError, UnsafeOutputError
     from dq_ray.pipeline import run_job
 
     _setup_logging(verbose)
@@ -77,7 +79,7 @@ def run(config: str, inputs, output, overrides, overwrite: bool, resume: bool, v
         raise click.UsageError("--overwrite and --resume exclude each other")
     try:
         result = run_job(cfg, overwrite=overwrite, resume=resume)
-    except (InputError, RunExistsError) as exc:
+    except (InputError, RunExistsError, NotARunError, RunLockedError, UnsafeOutputError, UntrustedArtifactError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(result.manifest))
     if cfg.selection is not None:  # the config's selection policy, applied to the finished run
@@ -85,11 +87,12 @@ def run(config: str, inputs, output, overrides, overwrite: bool, resume: bool, v
 
 
 def _select(run_dir: str, policy, output: str | None, seed: int | None, ray_cfg=None) -> None:
+    from dq_ray.io.guard import NotARunError, RunLockedError, UnsafeOutputError
     from dq_ray.select import format_selection, run_selection
 
     try:
         result = run_selection(run_dir, policy, output=output, seed=seed, ray_cfg=ray_cfg)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, NotARunError, RunLockedError, UnsafeOutputError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_selection(result.summary))
 
@@ -118,11 +121,13 @@ def validate(config: str, inputs, output, overrides) -> None:
     """Check a config and its inputs (no Ray); print the resolved config and the column flow."""
     from dq_ray.config import READER_COLUMNS
     from dq_ray.io import InputError, discover_inputs
+    from dq_ray.io.guard import UnsafeOutputError, check_output
 
     cfg = _load(config, inputs, output, overrides)
     try:
+        check_output(cfg.output.path, cfg.input.paths)
         files = discover_inputs(cfg.input)
-    except InputError as exc:
+    except (InputError, UnsafeOutputError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
     click.echo(f"\n{len(files)} input file(s), {sum(f.size for f in files):,} bytes")

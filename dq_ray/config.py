@@ -17,7 +17,6 @@ Every error names the offending key and lists the valid choices.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +24,27 @@ from typing import Any
 
 import yaml
 
+from dq_ray.errors import ConfigError
 from dq_ray.preference import shape_columns
 from dq_ray.stage import Resources, Stage, get_stage, registry
+from dq_ray.typed import build_dataclass
+
+__all__ = [  # ConfigError and build_dataclass live in dq_ray.errors / dq_ray.typed; re-exported for users
+    "ConfigError",
+    "InputConfig",
+    "JobConfig",
+    "OutputConfig",
+    "RayConfig",
+    "StageConfig",
+    "build_dataclass",
+    "load_config",
+    "set_override",
+]
 
 #: Columns every document has when it leaves the reader.
 READER_COLUMNS = ("id", "text", "source_file", "source_index")
 
 INPUT_FORMATS = ("auto", "jsonl", "parquet")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run. The message says which key and what would be valid."""
 
 
 @dataclass(frozen=True)
@@ -162,83 +171,6 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what the manifest records)."""
         return dataclasses.asdict(self)
-
-
-# -- building typed dataclasses from plain data -------------------------------------------------------------
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, where)
-    if origin in (tuple, list):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if origin is tuple and args:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return list(value)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Build a (frozen) dataclass from a mapping, rejecting unknown keys and wrongly typed values."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(names) or '(none)'}"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _build_stage(entry: Any, index: int) -> StageConfig:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dq_ray.config import ConfigError
+from dq_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,13 @@ import pyarrow.compute as pc
 import xxhash
 
 from dq_ray import __version__
+from dq_ray.artifacts import UntrustedArtifactError, verify_artifacts
 from dq_ray.config import JobConfig, RayConfig, StageConfig
 from dq_ray.faults import Faults
 from dq_ray.faults import from_env as faults_from_env
 from dq_ray.io import InputFile, RunDir, RunExistsError, ShardResult, discover_inputs, read_shard, redact, redact_url
+from dq_ray.io.guard import check_output
+from dq_ray.io.readers import changed_inputs
 from dq_ray.stage import Stage, get_stage
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,26 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     at normal priority unless ``RAY_worker_niceness`` is set.
     """
     import ray
+    import ray._private.ray_constants as ray_constants
 
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Embedded Ray serves this process only: its servers listen on 127.0.0.1, not on every interface. Ray picks
+    # the loopback address itself when multi-node clusters are off (its macOS/Windows default); that switch is
+    # read when the node starts, so setting it here is enough (``ray start`` clusters are not affected).
+    _CLUSTER_MODE.setdefault("enabled", ray_constants.ENABLE_RAY_CLUSTER)
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+
+
+_CLUSTER_MODE: dict[str, bool] = {}
+
+
+def _restore_cluster_mode() -> None:
+    """Undo :func:`init_local_ray`'s loopback switch once its Ray is shut down."""
+    if "enabled" in _CLUSTER_MODE:
+        import ray._private.ray_constants as ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = _CLUSTER_MODE.pop("enabled")
 
 
 @contextlib.contextmanager
@@ -99,6 +119,7 @@ def ray_session(cfg: RayConfig) -> Iterator[dict[str, Any]]:
     finally:
         if started:
             ray.shutdown()
+            _restore_cluster_mode()
 
 
 # -- per-stage statistics ------------------------------------------------------------------------------
@@ -175,7 +196,7 @@ def _read_files(batch: pa.Table, input_cfg: Any, run_path: str, stats: Any) -> I
             t0 = time.perf_counter()
         busy += time.perf_counter() - t0
         run.write_shard_outputs(result)
-        _record(stats, "read", shard.path, result.records, busy, start, time.time())
+        _record(stats, "read", result.path, result.records, busy, start, time.time())
 
 
 @dataclass(frozen=True)
@@ -188,6 +209,8 @@ class StageRef:
     run_path: str = ""
     phase: int = 0
     faults: Faults = Faults()
+    #: the digests of the stage's signed artifacts, verified on the driver (``dq_ray.artifacts``); None: no fit
+    artifact_digests: dict[str, str] | None = None
 
 
 class StageSetupError(RuntimeError):
@@ -208,6 +231,7 @@ def _worker_stage(ref: StageRef, claim: bool = True) -> tuple[Stage, float]:
             ref.faults.before_setup(ref.config.name)
             stage = ref.config.build()
             stage.artifacts_dir = ref.artifacts_dir
+            stage.artifact_digests = ref.artifact_digests
             stage.ensure_setup()
         except Exception as exc:
             raise StageSetupError(
@@ -456,13 +480,16 @@ class Plan:
         if cluster_cpus:
             self.resources = share_cpus(self.phases, self.stages, self.resources, cluster_cpus)
         self.fits: dict[str, dict[str, Any]] = {}
+        #: per fitted stage, the digests of its signed artifacts (what workers may load)
+        self.digests: dict[str, dict[str, str]] = {}
         self.timings: dict[str, float] = {}
         #: what this attempt found already done: {"phases": [...], "shards": {phase: n}, "fits": [...]}
         self.reused: dict[str, Any] = {"phases": [], "shards": {}, "fits": []}
 
     def ref(self, i: int, phase: int = 0) -> StageRef:
         sc = self.cfg.stages[i]
-        return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"), self.run.path, phase, self.faults)
+        digests = self.digests.get(sc.name)
+        return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"), self.run.path, phase, self.faults, digests)
 
     def block_rows(self, ph: Phase) -> int:
         """Rows per block entering a phase: ``input.batch_rows``, or less when a stage of the phase takes smaller
@@ -560,6 +587,10 @@ class Plan:
         stage.artifacts_dir = self.ref(i).artifacts_dir
         if done is not None:
             log.info("reusing the %s artifacts fitted by an earlier attempt", name)
+            try:  # refuses artifacts dq-ray did not sign (or runs made before artifacts were signed)
+                self.digests[name] = verify_artifacts(stage.artifacts_dir)
+            except UntrustedArtifactError as exc:
+                raise UntrustedArtifactError(f"{exc}. To start this run over, pass --overwrite") from None
             self.fits[name] = {**done["info"], "reused": True}
             self.reused["fits"].append(name)
             return
@@ -569,7 +600,8 @@ class Plan:
         data = ParquetFitData(self.run.sub(source), stage.artifacts_dir, self.run.count_rows(source))
         t0 = time.perf_counter()
         log.info("fitting %s on %d documents", name, data.num_rows())
-        self.fits[name] = stage.fit(data) or {}
+        self.fits[name] = stage.fit_signed(data)
+        self.digests[name] = verify_artifacts(stage.artifacts_dir)
         self.timings[f"{name}.fit"] = time.perf_counter() - t0
         self.run.set_marker(f"fits/{name}", {"stage": name, "info": self.fits[name]})
         if self.faults.crash_after_fit == name:
@@ -785,12 +817,15 @@ def _stage_table(
     return table
 
 
-def _resume_check(run: RunDir, cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """The earlier attempt's manifest; refuses a resume whose input or stages differ from it."""
+def _resume_check(run: RunDir, cfg_dict: dict[str, Any], files: list[InputFile]) -> dict[str, Any]:
+    """The earlier attempt's manifest; refuses a resume whose input or stages differ from it, or whose input
+    files changed since they were read (size or modification time against their receipts)."""
     try:
         before = run.read_json("manifest.json")
     except FileNotFoundError:
         return {}
+    if "config" not in before:  # only the marker: the earlier attempt stopped before it started
+        return before
     old = before.get("config", {})
     for key in ("input", "stages"):
         if json.loads(json.dumps(old.get(key), default=str)) != json.loads(json.dumps(cfg_dict.get(key), default=str)):
@@ -798,6 +833,12 @@ def _resume_check(run: RunDir, cfg_dict: dict[str, Any]) -> dict[str, Any]:
                 f"{run.path} holds a run made with a different {key!r} config; --resume needs the same input and "
                 f"stages (pass --overwrite to start over)"
             )
+    changed = changed_inputs(files, {r["path"]: r for r in run.receipts()})
+    if changed:
+        raise RunExistsError(
+            f"{len(changed)} input file(s) changed since this run read them: {', '.join(changed[:5])}; resuming "
+            "would mix two versions of the corpus (pass --overwrite to start over)"
+        )
     return before
 
 
@@ -809,16 +850,35 @@ def run_job(cfg: JobConfig, overwrite: bool = False, resume: bool = False) -> Ru
     redone (see docs/reliability.md). Raises on failure after recording ``status: failed`` and the error in the
     manifest.
     """
+    check_output(cfg.output.path, cfg.input.paths)
     files = discover_inputs(cfg.input)
     stages = [sc.build() for sc in cfg.stages]
     faults = faults_from_env()
     run = RunDir(cfg.output.path)
     cfg_dict = redact(cfg.to_dict())
-    previous = _resume_check(run, cfg_dict) if resume else {}
+    previous = _resume_check(run, cfg_dict, files) if resume and run.state() == "run" else {}
     resumed = run.prepare(overwrite=overwrite, resume=resume)
+    try:
+        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed)
+    finally:
+        run.release()
+
+
+def _run_prepared(
+    cfg: JobConfig,
+    run: RunDir,
+    files: list[InputFile],
+    stages: list[Stage],
+    faults: Faults,
+    cfg_dict: dict[str, Any],
+    previous: dict[str, Any],
+    resumed: bool,
+) -> RunResult:
+    """:func:`run_job` once the run directory is taken (locked, layout made)."""
     started = time.time()
     manifest: dict[str, Any] = {
         "dq_ray_version": __version__,
+        "run_id": run.run_id,
         "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": redact_url(run.path),

@@ -69,7 +69,7 @@ SHAPE_REJECT_REASONS = {
 
 def check_shape(shape: str, fields: Mapping[str, Any]) -> None:
     """Validate ``input.shape`` and ``input.fields`` (raises ``ConfigError`` naming the valid choices)."""
-    from dq_ray.config import ConfigError
+    from dq_ray.errors import ConfigError
 
     if shape not in SHAPES:
         raise ConfigError(f"input.shape: {shape!r} is not one of {', '.join(SHAPES)}")

@@ -44,6 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from dq_ray.io.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_true", "is_false", "is_null", "not_null")
@@ -298,7 +300,8 @@ class Policy:
 
 def parse_policy(data: Any, where: str = "selection") -> Policy:
     """Build a :class:`Policy` from plain data (parsed YAML); raises ``ConfigError`` naming the bad key."""
-    from dq_ray.config import ConfigError, build_dataclass
+    from dq_ray.errors import ConfigError
+    from dq_ray.typed import build_dataclass
 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with 'rules' (and optionally seed, exclude_columns)")
@@ -333,7 +336,7 @@ def load_policy(path: str) -> Policy:
 
     import yaml
 
-    from dq_ray.config import ConfigError
+    from dq_ray.errors import ConfigError
 
     p = Path(path)
     if not p.is_file():
@@ -349,7 +352,7 @@ def load_policy(path: str) -> Policy:
 
 def check_columns(policy: Policy, available: Sequence[str], where: str = "selection") -> None:
     """Every column a rule reads must exist; raises ``ConfigError`` listing what is available."""
-    from dq_ray.config import ConfigError
+    from dq_ray.errors import ConfigError
 
     missing = [c for c in policy.columns() if c not in available]
     if missing:
@@ -533,9 +536,8 @@ def select_run(
     """
     import time
 
-    from dq_ray.config import ConfigError
     from dq_ray.io import RunDir
-    from dq_ray.report import write_report
+    from dq_ray.io.guard import take_selection_output
 
     t0 = time.perf_counter()
     if seed is not None:
@@ -553,9 +555,23 @@ def select_run(
     log.info("policy keeps %d of %d documents", int(ev.kept.sum()), signals.num_rows)
 
     out = RunDir(output) if output else run
+    lock = take_selection_output(out.fs, out.root, into_run=out.root == run.root)
+    try:
+        return _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0)
+    finally:
+        lock.release()
+
+
+def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0):
+    """The writing half of :func:`select_run`, with ``out`` locked."""
+    import time
+
+    from dq_ray.errors import ConfigError
+    from dq_ray.io.guard import remove_entries
+    from dq_ray.report import write_report
+
     selected_path = out.sub(SELECTED_DIR)
-    if out.fs.exists(f"{out.root}/{SELECTED_DIR}"):
-        out.fs.rm(f"{out.root}/{SELECTED_DIR}", recursive=True)
+    remove_entries(out.fs, out.root, [SELECTED_DIR])
     out.fs.makedirs(out.root, exist_ok=True)
     kept_keys = signals.filter(pa.array(ev.kept)).select([*KEY_COLUMNS, "__filename"])
     written = write_selected(run, input_cfg, schema, policy, kept_keys, selected_path)
@@ -603,10 +619,10 @@ def _docs_schema(run) -> pa.Schema:
 def _input_files(input_cfg, wanted: set[str]) -> list:
     from dq_ray.io import discover_inputs
 
-    files = [f for f in discover_inputs(input_cfg) if f.path in wanted]
-    lost = wanted - {f.path for f in files}
+    files = [f for f in discover_inputs(input_cfg) if redact_url(f.path) in wanted]  # stored paths are redacted
+    lost = wanted - {redact_url(f.path) for f in files}
     if lost:
-        from dq_ray.config import ConfigError
+        from dq_ray.errors import ConfigError
 
         raise ConfigError(f"input file(s) of the run are gone: {sorted(lost)[:5]}")
     return files
@@ -619,7 +635,7 @@ def _read_back(batch: pa.Table, input_cfg: Any, keys: Any) -> Any:
     keys = _deref(keys)
     for row in batch.to_pylist():
         shard = InputFile(**row)
-        wanted = keys[shard.path]
+        wanted = keys[redact_url(shard.path)]
         for table in read_shard(shard, input_cfg, ShardResult(shard.path)):
             mask = np.isin(table.column("source_index").to_numpy(), wanted)
             if mask.any():
@@ -668,7 +684,8 @@ def _gather(batch: pa.Table, input_cfg: Any, sig_cols: list[str], filesystem: An
         shard = InputFile(**row["shard"])
         wanted = np.asarray(row["indices"], dtype=np.int64)
         docs = pads.dataset(row["docs_files"], filesystem=filesystem, format="parquet")
-        expr = (pads.field("source_file") == shard.path) & pads.field("source_index").isin(pa.array(wanted))
+        stored = redact_url(shard.path)
+        expr = (pads.field("source_file") == stored) & pads.field("source_index").isin(pa.array(wanted))
         signals = docs.to_table(columns=sig_cols, filter=expr)
         position = {int(v): k for k, v in enumerate(signals.column("source_index").to_pylist())}
         for table in read_shard(shard, input_cfg, ShardResult(shard.path)):

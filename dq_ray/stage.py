@@ -38,6 +38,8 @@ from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
+from dq_ray.artifacts import sign_artifacts
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -114,6 +116,11 @@ class Stage:
     default_resources: ClassVar[Resources] = Resources()
     group_key: ClassVar[str | None] = None
     stateful: ClassVar[bool] = False
+    #: The verified digests of the stage's artifact folder (``{relative path: sha256}``), for stages with a fit:
+    #: set by the pipeline from ``dq_ray.artifacts.verify_artifacts(artifacts_dir)`` on the driver before
+    #: ``setup()``, so workers (which may not hold the signing key) load only the signed bytes. When it is None
+    #: a stage's ``setup`` calls ``verify_artifacts(self.artifacts_dir)`` itself (the driver, a single machine).
+    artifact_digests: dict[str, str] | None = None
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -131,6 +138,13 @@ class Stage:
         distributed work) once per run, before the stage maps over any row.
         """
         raise NotImplementedError
+
+    def fit_signed(self, data: FitData) -> dict[str, Any]:
+        """:meth:`fit`, then sign what it wrote (``dq_ray.artifacts.sign_artifacts``): what the pipeline runs,
+        and what a script that fits a stage by hand calls, since a stage loads only signed artifacts."""
+        info = self.fit(data) or {}
+        sign_artifacts(data.artifacts_dir)
+        return info
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from dq_ray.demo import DemoSizes, build_demo_corpus
+
+# dq-ray's home (the artifact signing key) for this test session: a fresh folder, never the real ~/.dq-ray. Set at
+# import time, before any Ray starts, so local Ray workers and `ray start` nodes (tests/test_cluster.py copies
+# os.environ) inherit it; removed at exit.
+if "DQ_RAY_HOME" not in os.environ:
+    os.environ["DQ_RAY_HOME"] = tempfile.mkdtemp(prefix="dq-ray-home-")
+    atexit.register(shutil.rmtree, os.environ["DQ_RAY_HOME"], ignore_errors=True)
 
 TINY = DemoSizes(wikipedia=40, news=12, tweets=30, speeches=15, duplicates=6)
 

@@ -1,21 +1,44 @@
-"""Readers: JSONL and Parquet input files, on any fsspec filesystem.
+"""Readers: JSONL, JSON-array and Parquet input files, on any fsspec filesystem.
 
 Reading never loses a record silently. Every input record becomes either a document (a row with
 ``id, text, source_file, source_index`` and any ``keep_fields``) or a rejection (a row in ``RUN/rejected/``
 with its ``reason``). Each input file also leaves a receipt in ``RUN/_shards/`` with the number of records it
-held, so the manifest can check ``input == accepted + rejected`` against an independent count.
+held, so the manifest can check ``input == accepted + rejected`` against an independent count, and with the
+identity of the bytes it read (format, size, modification time, SHA-256) for ``--resume`` and the dashboard.
 
-``source_index`` is the 1-based line number for JSONL and the 0-based row number for Parquet.
+``source_index`` is the 1-based line number for JSONL, the 0-based element position for a file holding one
+top-level JSON array, and the 0-based row number for Parquet.
+
+The SHA-256 of a JSON file is computed on its raw (stored, maybe compressed) bytes as they stream through the
+reader; Parquet needs random access, so a Parquet input is read a second time, sequentially, for its digest.
+A file holding one top-level JSON array is parsed whole in memory (bounded: ``array_too_large``).
+
+Compression is recognised by content (magic bytes: gzip, zstd, bz2, xz), not by the file name, and a leading
+UTF-8 byte order mark is ignored. Paths are stored only through :func:`~dq_ray.io.redact.redact_url`, so
+credentials in an input URL stay in memory (``InputFile.path``) and never reach a row, a receipt or a log.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import dataclasses
+import datetime as dt
+import decimal
+import email.utils
 import glob as globlib
+import itertools
+import json
 import logging
+import lzma
+import math
+import os
 import posixpath
-from collections.abc import Iterator
+import re
+import stat
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +46,26 @@ import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from dq_ray.config import ConfigError, InputConfig
+from dq_ray.io.digest import HashingReader, file_sha256
 from dq_ray.io.redact import redact_url
 from dq_ray.preference import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader
 
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+LINE_ONLY_SUFFIXES = (".jsonl", ".ndjson")  # never read as one JSON array, whatever the content
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+
+#: A file holding one top-level JSON array is parsed whole: it may hold at most this many (decompressed)
+#: bytes per byte of ``input.max_text_bytes``, and never more than :data:`MAX_ARRAY_BYTES`.
+ARRAY_BYTES_PER_TEXT_BYTE = 256
+MAX_ARRAY_BYTES = 2 << 30
+
+READ_CHUNK = 1 << 20
 
 #: Why a record was rejected (the ``reason`` column of ``rejected/``); ``detail`` says more.
 REJECT_REASONS = {
@@ -45,6 +78,8 @@ REJECT_REASONS = {
     "text_too_large": "the UTF-8 text is longer than input.max_text_bytes",
     "empty_file": "the file holds no records",
     "corrupt_file": "the file could not be read to its end (truncated or corrupt); earlier records are kept",
+    "not_a_regular_file": "a FIFO, socket, device or broken link found in an input directory; never opened",
+    "array_too_large": "a top-level JSON array file is larger than the limit for files parsed whole",
     **SHAPE_REJECT_REASONS,  # preference / instruction shapes (input.shape), see dq_ray.preference
 }
 
@@ -58,6 +93,7 @@ REJECTED_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("raw", pa.string()),
         ("raw_truncated", pa.bool_()),
+        ("raw_bytes", pa.binary()),
     ]
 )
 
@@ -66,21 +102,74 @@ class InputError(ConfigError):
     """An input path that cannot be read at all (raised before any work starts)."""
 
 
+# -- keeping credentials out of what is stored -----------------------------------------------------------
+
+_URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+
+
+def _secrets_of(path: str) -> list[str]:
+    """The credential strings of a URL: its user info and the query values :func:`redact_url` hides."""
+    if "://" not in path:
+        return []
+    try:
+        parts = urllib.parse.urlsplit(path)
+        hidden = urllib.parse.urlsplit(redact_url(path))
+    except ValueError:
+        return []
+    found = [parts.username or "", parts.password or ""] if "@" in parts.netloc else []
+    raw_pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    red_pairs = urllib.parse.parse_qsl(hidden.query, keep_blank_values=True)
+    found += [v for (_, v), (_, r) in zip(raw_pairs, red_pairs) if r == "***" and v != "***"]
+    out: set[str] = set()
+    for value in found:
+        if len(value) >= 3:  # shorter ones would mangle every message and hide nothing
+            out |= {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}
+    return sorted(out, key=len, reverse=True)
+
+
+def scrub(message: str, path: str) -> str:
+    """``message`` (an error text, say) with ``path`` and any URL in it passed through ``redact_url``.
+
+    The raw ``path`` is replaced by its redacted form, then every credential of ``path`` (password, secret
+    query values, also percent-encoded) by ``***``, then every URL-looking token by its redacted form.
+    """
+    if path and path in message:
+        message = message.replace(path, redact_url(path))
+    for secret in _secrets_of(path):
+        message = message.replace(secret, "***")
+    return _URL_TOKEN.sub(lambda m: redact_url(m.group(0)), message)
+
+
+def _without_query(path: str) -> str:
+    """A URL without its query string and fragment (a plain path as it is)."""
+    if "://" not in path:
+        return path
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
 # -- discovery -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input shard: a file, its format, and the name used in generated ids."""
+    """One input shard: a file, its format, and the name used in generated ids.
+
+    ``path`` is the only place a URL's credentials are kept (to open the file); everything stored uses
+    ``redact_url(path)``. ``problem`` is set for an entry that must never be opened (a FIFO, socket, device
+    or broken link found in an input directory): reading it gives one ``not_a_regular_file`` rejection.
+    """
 
     path: str  # what fsspec opens (protocol-qualified unless local)
     format: str  # "jsonl" | "parquet"
-    name: str  # path relative to the input root it was found under
+    name: str  # path relative to the input root it was found under (no URL query: no credentials)
     size: int = 0  # bytes on storage (compressed size for compressed files)
+    mtime: float | None = None  # modification time (Unix seconds) from the filesystem, when it has one
+    problem: str | None = None  # why the entry is not a regular file (then it is never opened)
 
 
 def format_of(path: str) -> str | None:
-    lower = path.lower()
+    """``"jsonl"``, ``"parquet"`` or None, from the file name (a URL's query string is ignored)."""
+    lower = _without_query(path).lower()
     for comp in COMPRESSION_SUFFIXES:
         if lower.endswith(comp):
             lower = lower[: -len(comp)]
@@ -92,62 +181,184 @@ def format_of(path: str) -> str | None:
     return None
 
 
+def _line_only(path: str) -> bool:
+    """Whether the name says JSON Lines outright (``.jsonl``, ``.ndjson``): never read as one JSON array."""
+    lower = _without_query(path).lower()
+    for comp in COMPRESSION_SUFFIXES:
+        if lower.endswith(comp):
+            lower = lower[: -len(comp)]
+            break
+    return lower.endswith(LINE_ONLY_SUFFIXES)
+
+
 def qualify(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path`` as fsspec opens it from anywhere: protocol-qualified unless it is local."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
 
 
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def info_mtime(info: dict[str, Any]) -> float | None:
+    """The modification time (Unix seconds) in an fsspec ``info`` dict, or None when it has none.
+
+    Local files have ``mtime``; S3 ``LastModified``; GCS ``updated``; HTTP ``Last-Modified``.
+    """
+    for key in ("mtime", "LastModified", "last_modified", "Last-Modified", "updated"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError, TypeError):
+                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                return email.utils.parsedate_to_datetime(value).timestamp()
+    return None
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _entry_state(
+    fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]
+) -> tuple[int, float | None, str | None]:
+    """``(size, mtime, problem)`` of a listed entry; ``problem`` says why it is not a regular file.
+
+    Local entries are checked with ``os.stat`` (symbolic links followed), others by their ``type``.
+    """
+    if isinstance(fs, LocalFileSystem):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return 0, None, f"cannot be opened ({exc.strerror}; a broken symbolic link?), not a regular file"
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size, st.st_mtime, None
+        kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "a special file")
+        return st.st_size, st.st_mtime, f"{kind}, not a regular file"
+    kind = info.get("type")
+    problem = None if kind in ("file", None) else f"of type {kind!r}, not a regular file"
+    return int(info.get("size") or 0), info_mtime(info), problem
+
+
+def _is_dir(fs: fsspec.AbstractFileSystem, root: str) -> bool:
+    if _protocol(fs) in ("http", "https"):  # isdir would download the file to look for links in it
+        try:
+            return fs.info(root).get("type") == "directory"
+        except FileNotFoundError:
+            return False
+    return fs.isdir(root)
+
+
 def discover_inputs(cfg: InputConfig) -> list[InputFile]:
-    """Expand ``cfg.paths`` (files, directories, globs) into input files. Raises :class:`InputError` early."""
+    """Expand ``cfg.paths`` (files, directories, globs) into input files. Raises :class:`InputError` early.
+
+    A path given explicitly must be a regular file (a FIFO would block the reader forever); a FIFO, socket,
+    device or broken link inside an input directory (or matched by a glob) is kept as an :class:`InputFile`
+    with ``problem`` set, which reading turns into one ``not_a_regular_file`` rejection without opening it.
+    Errors never show a URL's credentials.
+    """
     found: dict[str, InputFile] = {}
     for raw in cfg.paths:
-        fs, root = fsspec.core.url_to_fs(raw)
-        if globlib.has_magic(root):
-            matches = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") == "file"}
-            base = root[: min(root.find(c) for c in "*?[" if c in root)].rsplit("/", 1)[0]
-            if not matches:
-                raise InputError(f"input glob {raw!r} matches no file")
-            explicit = True
-        elif fs.isdir(root):
-            matches = fs.find(root, detail=True)
-            base = root.rstrip("/")
-            explicit = False
-        elif fs.exists(root):
-            matches, base, explicit = {root: fs.info(root)}, posixpath.dirname(root), True
-        else:
-            raise InputError(f"input path {raw!r} does not exist")
-        kept = 0
-        for path, info in sorted(matches.items()):
-            leaf = posixpath.basename(path)
-            if leaf.startswith((".", "_")):
-                continue  # hidden files and markers such as _SUCCESS
-            fmt = cfg.format if cfg.format != "auto" else format_of(path)
-            if fmt is None:
-                if explicit:
-                    raise InputError(
-                        f"cannot tell the format of {path!r} from its name; name it .jsonl[.gz|.zst] or "
-                        f".parquet, or set input.format to jsonl or parquet"
-                    )
-                log.info("skipping %s: not a JSONL or Parquet file name", path)
-                continue
-            name = posixpath.relpath(path, base) if base else leaf
-            qualified = qualify(fs, path)
-            found.setdefault(qualified, InputFile(qualified, fmt, name, int(info.get("size") or 0)))
-            kept += 1
-        if not kept:
-            raise InputError(f"input {raw!r} holds no JSONL or Parquet file")
+        try:
+            _discover_one(cfg, raw, found)
+        except InputError:
+            raise
+        except Exception as exc:  # listing failed: network, permissions... (without the credentials)
+            detail = scrub(f"{type(exc).__name__}: {exc}", raw)
+            raise InputError(f"cannot list input {redact_url(raw)!r}: {detail}") from None
     files = sorted(found.values(), key=lambda f: f.path)
     # generated ids use the file name under its root; fall back to the full path if two roots collide
     names = [f.name for f in files]
     if len(set(names)) != len(names):
-        files = [dataclasses.replace(f, name=f.path) for f in files]
+        files = [dataclasses.replace(f, name=redact_url(_without_query(f.path))) for f in files]
     return files
+
+
+def _discover_one(cfg: InputConfig, raw: str, found: dict[str, InputFile]) -> None:
+    shown = redact_url(raw)
+    fs, root = fsspec.core.url_to_fs(raw)
+    pattern = root.split("?", 1)[0] if _protocol(fs) in ("http", "https") else root  # "?" starts a query
+    if globlib.has_magic(pattern):
+        matches = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") != "directory"}
+        base = root[: min(root.find(c) for c in "*?[" if c in root)].rsplit("/", 1)[0]
+        if not matches:
+            raise InputError(f"input glob {shown!r} matches no file")
+        explicit = "glob"
+    elif _is_dir(fs, root):
+        matches = fs.find(root, detail=True)
+        base = root.rstrip("/")
+        explicit = ""
+    elif fs.exists(root):
+        matches, base, explicit = {root: fs.info(root)}, "", "path"
+    else:
+        raise InputError(f"input path {shown!r} does not exist")
+    kept = 0
+    for path, info in sorted(matches.items()):
+        leaf = posixpath.basename(_without_query(path))
+        if leaf.startswith((".", "_")):
+            continue  # hidden files and markers such as _SUCCESS
+        fmt = cfg.format if cfg.format != "auto" else format_of(path)
+        if fmt is None:
+            if explicit:
+                raise InputError(
+                    f"cannot tell the format of {redact_url(path)!r} from its name; name it .jsonl[.gz|.zst] or "
+                    f".parquet, or set input.format to jsonl or parquet"
+                )
+            log.info("skipping %s: not a JSONL or Parquet file name", redact_url(path))
+            continue
+        size, mtime, problem = _entry_state(fs, path, info)
+        if problem is not None and explicit == "path":
+            raise InputError(f"input path {shown!r} is {problem}: give a file (reading it could block forever)")
+        name = posixpath.relpath(_without_query(path), base) if base else leaf
+        qualified = qualify(fs, path)
+        found.setdefault(qualified, InputFile(qualified, fmt, name, size, mtime, problem))
+        kept += 1
+    if not kept:
+        raise InputError(f"input {shown!r} holds no JSONL or Parquet file")
+
+
+def changed_inputs(files: list[InputFile], receipts: dict[str, dict]) -> list[str]:
+    """The inputs that changed since their receipts were written (``--resume`` refuses to mix them).
+
+    ``receipts`` are keyed by their ``path`` (the redacted path, as stored). A file changed when its size,
+    or its modification time where both the receipt and the filesystem have one, differs from the receipt.
+    A file without a receipt, or whose receipt has no size (older runs), counts as unchanged. Returns the
+    redacted paths (the receipts' keys).
+    """
+    changed = []
+    for f in files:
+        key = redact_url(f.path)
+        receipt = receipts.get(key)
+        if receipt is None:
+            receipt = receipts.get(f.path)
+        if not receipt or receipt.get("size") is None:
+            continue
+        if int(receipt["size"]) != int(f.size):
+            changed.append(key)
+        elif receipt.get("mtime") is not None and f.mtime is not None and float(receipt["mtime"]) != float(f.mtime):
+            changed.append(key)
+    return changed
 
 
 # -- reading ---------------------------------------------------------------------------------------------
 
 
 def doc_schema(keep_fields: tuple[str, ...], include_text: bool = True, shape: str = "text") -> pa.Schema:
+    """The Arrow schema of the document batches the readers produce."""
     fields = [("id", pa.string())]
     if include_text:
         fields.append(("text", pa.string()))
@@ -164,31 +375,110 @@ def generated_id(file_name: str, index: int) -> str:
 
 
 def _as_field_string(value: Any) -> str | None:
+    """A field value as the string stored for it (ids, ``keep_fields``, raw Parquet rows).
+
+    Strings as they are; integers exactly (any size); booleans ``true``/``false``; floats and containers as
+    their JSON text; bytes decoded as UTF-8 (invalid bytes replaced).
+    """
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, decimal.Decimal)):
+        return str(value)
     try:
         return orjson.dumps(value, default=str).decode()
-    except TypeError:
-        return str(value)
+    except TypeError:  # integers beyond 64 bits inside a container
+        try:
+            return json.dumps(value, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return str(value)
+
+
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a parsed JSON value holds a float anywhere (iteratively: no recursion limit)."""
+    if type(value) is float:
+        return True
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        for v in item.values() if type(item) is dict else item if type(item) is list else ():
+            kind = type(v)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(v)
+    return False
+
+
+def _may_hold_big_integers(text: str, value: Any) -> bool:
+    """Whether orjson may have turned an integer beyond 64 bits of ``text`` into a float in ``value``.
+
+    It does so without a word; such an integer has at least 19 digits. (The float check comes first: it is
+    much cheaper than searching the text.)
+    """
+    return _has_float(value) and _LONG_DIGITS.search(text) is not None
+
+
+def loads_exact(text: str) -> Any:
+    """Parse one JSON value; integers are kept exact whatever their size.
+
+    orjson (fast) first; when that may have turned a big integer into a float, the text is parsed again with
+    the standard ``json`` module (as strict as orjson: no NaN or Infinity). Raises ``ValueError`` on invalid
+    JSON.
+    """
+    value = orjson.loads(text)
+    if _may_hold_big_integers(text, value):
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    return value
 
 
 @dataclass
 class ShardResult:
-    """What reading one input file produced, besides its document batches."""
+    """What reading one input file produced, besides its document batches.
+
+    ``path`` is stored redacted. ``format``, ``size``, ``mtime`` and ``sha256`` identify the bytes read.
+    """
 
     path: str
     records: int = 0
     accepted: int = 0
     rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    format: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        self.path = redact_url(self.path)
 
     def receipt(self) -> dict[str, Any]:
+        """The receipt written to ``RUN/_shards/<key>.json``: counts and the identity of the file read."""
         return {
             "path": self.path,
             "records": self.records,
             "accepted": self.accepted,
             "rejected": len(self.rejected),
+            "format": self.format,
+            "size": self.size,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
         }
 
 
@@ -197,6 +487,8 @@ class _Batcher:
 
     def __init__(self, shard: InputFile, cfg: InputConfig, result: ShardResult) -> None:
         self.shard, self.cfg, self.result = shard, cfg, result
+        self.source = redact_url(shard.path)
+        self.name = redact_url(shard.name)  # discovery already leaves queries out of names
         self.schema = doc_schema(cfg.keep_fields, shape=cfg.shape)
         self.shape = ShapeReader(cfg.shape, cfg.fields, cfg.max_text_bytes) if cfg.shape != "text" else None
         self._clear()
@@ -204,21 +496,44 @@ class _Batcher:
     def _clear(self) -> None:
         self.cols: dict[str, list] = {name: [] for name in self.schema.names}
 
-    def reject(self, index: int, reason: str, detail: str = "", raw: str | None = None, doc_id=None) -> None:
+    def reject(
+        self,
+        index: int,
+        reason: str,
+        detail: str = "",
+        raw: str | None = None,
+        doc_id: Any = None,
+        raw_bytes: bytes | None = None,
+    ) -> None:
+        """Record one rejection (``raw``/``raw_bytes`` are cut at ``input.max_raw_bytes``)."""
         limit = self.cfg.max_raw_bytes
-        truncated = raw is not None and len(raw) > limit
+        truncated = (raw is not None and len(raw) > limit) or (raw_bytes is not None and len(raw_bytes) > limit)
         self.result.rejected.append(
             {
-                "source_file": self.shard.path,
+                "source_file": self.source,
                 "source_index": index,
                 "stage": "read",
                 "reason": reason,
-                "detail": detail[:1000],
+                "detail": scrub(detail, self.shard.path)[:1000],
                 "id": _as_field_string(doc_id),
-                "raw": raw[:limit] if truncated else raw,
+                "raw": raw[:limit] if raw is not None else None,
                 "raw_truncated": truncated,
+                "raw_bytes": raw_bytes[:limit] if raw_bytes is not None else None,
             }
         )
+
+    def reject_record(
+        self, index: int, reason: str, detail: str, raw: Any = None, raw_bytes: bytes | None = None
+    ) -> None:
+        """Count one input record and reject it."""
+        self.result.records += 1
+        self.reject(index, reason, detail, raw, None, raw_bytes)
+
+    def corrupt(self, index: int, exc: BaseException, where: str) -> None:
+        """The file could not be read past ``index``: one ``corrupt_file`` rejection (earlier records kept)."""
+        message = scrub(f"{type(exc).__name__}: {exc}", self.shard.path)
+        log.warning("could not read %s to its end (%s %d): %s", self.source, where, index, message)
+        self.reject_record(index, "corrupt_file", message)
 
     def add(self, index: int, record: dict[str, Any], raw: Any) -> None:
         """Add one record; ``raw`` is its source text, or a callable that builds it on demand."""
@@ -228,6 +543,7 @@ class _Batcher:
         doc_id = record.get(cfg.id_field)
         problem = None
         pref = None
+        raw_bytes = None
         if self.shape is not None:  # a preference shape: the prompt is the text (dq_ray.preference)
             pref = self.shape.parse(record)
             if not isinstance(pref, dict):
@@ -239,6 +555,7 @@ class _Batcher:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 problem = ("invalid_utf8", str(exc))
+                raw_bytes = text
         if problem is None:
             if text is None:
                 problem = ("missing_text_field", f"no non-null field {cfg.text_field!r}")
@@ -251,13 +568,13 @@ class _Batcher:
                 if size > cfg.max_text_bytes:
                     problem = ("text_too_large", f"{size} bytes > input.max_text_bytes={cfg.max_text_bytes}")
         if problem is not None:
-            self.reject(index, problem[0], problem[1], raw() if callable(raw) else raw, doc_id)
+            self.reject(index, problem[0], problem[1], raw() if callable(raw) else raw, doc_id, raw_bytes)
             return
         if doc_id is None or doc_id == "":
-            doc_id = generated_id(self.shard.name, index)
+            doc_id = generated_id(self.name, index)
         self.cols["id"].append(_as_field_string(doc_id))
         self.cols["text"].append(text)
-        self.cols["source_file"].append(self.shard.path)
+        self.cols["source_file"].append(self.source)
         self.cols["source_index"].append(index)
         for name in cfg.keep_fields:
             self.cols[name].append(_as_field_string(record.get(name)))
@@ -277,88 +594,321 @@ class _Batcher:
         return table
 
 
+# -- raw streams: content-sniffed decompression, hashing as it reads ------------------------------------
+
+
 class TruncatedInput(IOError):
-    """A compressed stream ended in the middle of a frame."""
+    """A compressed stream ended in the middle of a frame (or member)."""
 
 
-def _zstd_lines(fh: Any, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a (multi-frame) zstd stream; raises :class:`TruncatedInput` if it stops mid-frame.
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS),  # checks the CRC and length trailer
+    "bz2": bz2.BZ2Decompressor,
+    "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
+}
 
-    (zstandard's stream reader returns a short read on a truncated file instead of failing.)
-    """
+
+def _zstd_decompressor() -> Any:
     import zstandard
 
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    pending = b""
-    in_frame = False
-    while True:
-        chunk = fh.read(chunk_size)
-        if not chunk:
-            break
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+_DECOMPRESSORS["zstd"] = _zstd_decompressor
+
+BOM = b"\xef\xbb\xbf"
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """The compression of a stream from its first bytes: ``gzip``, ``zstd``, ``bz2``, ``xz`` or None."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if len(head) >= 4 and head.startswith(b"BZh") and head[3:4] in b"123456789":
+        return "bz2"
+    return None
+
+
+def _decompress(chunks: Iterable[bytes], kind: str) -> Iterator[bytes]:
+    """Decompress a (multi-member / multi-frame) stream; raises :class:`TruncatedInput` if it stops mid-way.
+
+    (A stream reader would return a short read on a truncated file instead of failing, and would lose the
+    data decompressed by its last call; this yields everything decompressed before the cut.) Zero bytes
+    between or after members (padding) are skipped.
+    """
+    make = _DECOMPRESSORS[kind]
+    dobj = make()
+    in_stream = False
+    for chunk in chunks:
         while chunk:
-            in_frame = True
+            if not in_stream:
+                chunk = chunk.lstrip(b"\0")
+                if not chunk:
+                    break
+            in_stream = True
             out = dobj.decompress(chunk)
             chunk = b""
+            if out:
+                yield out
             if dobj.eof:
                 chunk = dobj.unused_data
-                dobj = zstandard.ZstdDecompressor().decompressobj()
-                in_frame = False
-            pending += out
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line + b"\n"
-    if in_frame:
-        raise TruncatedInput("zstd stream ends in the middle of a frame (truncated file?)")
+                dobj = make()
+                in_stream = False
+    if in_stream:
+        raise TruncatedInput(f"{kind} stream ends in the middle of a frame (truncated file?)")
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (each with its ``\\n``, the last one maybe without) of a stream of byte chunks."""
+    pending: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            if pending:
+                pending.append(chunk[start : nl + 1])
+                yield b"".join(pending)
+                pending = []
+            else:
+                yield chunk[start : nl + 1]
+            start = nl + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
     if pending:
-        yield pending
+        yield b"".join(pending)
+
+
+def _strip_bom(lines: Iterator[bytes]) -> Iterator[bytes]:
+    first = next(lines, None)
+    if first is None:
+        return
+    yield first[len(BOM) :] if first.startswith(BOM) else first
+    yield from lines
+
+
+class _RawStream:
+    """One raw input file: its bytes are hashed as they are read, decompressed by what their content is."""
+
+    def __init__(self, fh: Any) -> None:
+        self.hashing = HashingReader(fh)
+        self.head = self.hashing.read(8)
+        self.compression = sniff_compression(self.head)
+
+    def raw_chunks(self) -> Iterator[bytes]:
+        if self.head:
+            yield self.head
+        while chunk := self.hashing.read(READ_CHUNK):
+            yield chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        """The decompressed content, in chunks."""
+        if self.compression is None:
+            return self.raw_chunks()
+        return _decompress(self.raw_chunks(), self.compression)
+
+    def lines(self) -> Iterator[bytes]:
+        """The content's lines (raw bytes, a leading UTF-8 BOM removed)."""
+        return _strip_bom(_split_lines(self.chunks()))
+
+    def finish(self) -> tuple[int, str]:
+        """Read the rest of the raw file; ``(bytes read, SHA-256 hex)`` of all of it."""
+        digest = self.hashing.finish()
+        return self.hashing.bytes_read, digest
+
+
+@contextlib.contextmanager
+def _open_raw(path: str) -> Iterator[_RawStream]:
+    with fsspec.open(path, "rb") as fh:  # no compression here: the content says which
+        yield _RawStream(fh)
 
 
 @contextlib.contextmanager
 def open_lines(path: str) -> Iterator[Iterator[bytes]]:
-    """Open a (possibly compressed) text file and give an iterator over its raw lines."""
-    lower = path.lower()
-    if lower.endswith((".zst", ".zstd")):
-        with fsspec.open(path, "rb") as fh:
-            yield _zstd_lines(fh)
-    else:
-        with fsspec.open(path, "rb", compression="infer") as fh:
-            yield iter(fh)
+    """Open a (possibly compressed) text file and give an iterator over its raw lines.
+
+    The compression (gzip, zstd, bz2, xz or none) is told by the content, not by the name; a leading UTF-8
+    byte order mark is removed. A truncated compressed stream raises at its end (:class:`TruncatedInput` or
+    ``EOFError``-like errors) after its complete lines.
+    """
+    with _open_raw(path) as stream:
+        yield stream.lines()
+
+
+# -- JSONL and JSON arrays -------------------------------------------------------------------------------
+
+
+def _array_limit(cfg: InputConfig) -> int:
+    return min(MAX_ARRAY_BYTES, ARRAY_BYTES_PER_TEXT_BYTE * cfg.max_text_bytes)
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _is_array_file(shard: InputFile, peeked: list[bytes]) -> bool:
+    """Whether a file read as JSON holds one top-level array (rather than JSON Lines).
+
+    Only asked of files whose name does not say JSON Lines (``.jsonl``, ``.ndjson``). Its first non-blank
+    line must start with ``[``, and that line must either not be a whole JSON value on its own (a
+    pretty-printed array) or be the only non-blank line (an array on one line). ``peeked`` holds the lines
+    up to the second non-blank one.
+    """
+    nonblank = [line for line in peeked if line.strip()]
+    if not nonblank or not nonblank[0].lstrip().startswith(b"["):
+        return False
+    return len(nonblank) == 1 or not _parses(nonblank[0])
 
 
 def _iter_jsonl(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
-    index = 0
+    result = batcher.result
     try:
-        with open_lines(shard.path) as lines:
-            for line in lines:
-                index += 1
-                if not line.strip():
-                    continue  # blank lines are not records
-                try:
-                    decoded = line.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    batcher.result.records += 1
-                    batcher.reject(index, "invalid_utf8", str(exc), None)
-                    continue
-                try:
-                    record = orjson.loads(decoded)
-                except orjson.JSONDecodeError as exc:
-                    batcher.result.records += 1
-                    batcher.reject(index, "malformed_json", str(exc), decoded.rstrip("\r\n"))
-                    continue
-                if not isinstance(record, dict):
-                    batcher.result.records += 1
-                    batcher.reject(index, "not_an_object", f"a JSON {type(record).__name__}", decoded.rstrip())
-                    continue
-                batcher.add(index, record, lambda d=decoded: d.rstrip("\r\n"))
-                if batcher.full():
-                    yield batcher.flush()
-    except Exception as exc:  # a stream that breaks mid-file: truncated gzip/zstd, I/O error
-        log.warning("could not read %s to its end (line %d): %s", redact_url(shard.path), index, exc)
-        batcher.result.records += 1
-        batcher.reject(index + 1, "corrupt_file", f"{type(exc).__name__}: {exc}", None)
+        with _open_raw(shard.path) as stream:
+            yield from _read_json_content(shard, batcher, stream)  # catches what breaks while reading
+            try:  # the digest covers the raw bytes, of a corrupt file too
+                result.size, result.sha256 = stream.finish()
+            except Exception as exc:
+                log.warning("could not hash %s: %s", batcher.source, scrub(f"{type(exc).__name__}: {exc}", shard.path))
+    except Exception as exc:  # the file could not be opened at all
+        batcher.corrupt(1, exc, "line")
     tail = batcher.flush()
     if tail is not None:
         yield tail
+
+
+def _read_json_content(shard: InputFile, batcher: _Batcher, stream: _RawStream) -> Iterator[pa.Table]:
+    index = 0
+    try:
+        lines = stream.lines()
+        peeked: list[bytes] = []
+        if not _line_only(shard.path):
+            nonblank = 0
+            for line in lines:
+                peeked.append(line)
+                nonblank += bool(line.strip())
+                if nonblank == 2:
+                    break
+            if _is_array_file(shard, peeked):
+                yield from _read_array(batcher, itertools.chain(peeked, lines))
+                return
+        for line in itertools.chain(peeked, lines):
+            index += 1
+            if not line.strip():
+                continue  # blank lines are not records
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                batcher.reject_record(index, "invalid_utf8", str(exc), raw_bytes=line.rstrip(b"\r\n"))
+                continue
+            try:
+                record = loads_exact(decoded)
+            except ValueError as exc:
+                batcher.reject_record(index, "malformed_json", str(exc), decoded.rstrip("\r\n"))
+                continue
+            if not isinstance(record, dict):
+                batcher.reject_record(index, "not_an_object", f"a JSON {type(record).__name__}", decoded.rstrip())
+                continue
+            batcher.add(index, record, lambda d=decoded: d.rstrip("\r\n"))
+            if batcher.full():
+                yield batcher.flush()
+    except Exception as exc:  # a stream that breaks mid-file: truncated gzip/zstd, I/O error
+        batcher.corrupt(index + 1, exc, "line")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _read_array(batcher: _Batcher, lines: Iterator[bytes]) -> Iterator[pa.Table]:
+    """Read a file holding one top-level JSON array, parsed whole (up to :func:`_array_limit` bytes).
+
+    Each element is a record at its 0-based position. Fast path: orjson on the whole text; if that fails
+    (or the text has integers beyond 64 bits), elements are parsed one by one, so the elements before a
+    break are kept and the break becomes one ``corrupt_file`` rejection.
+    """
+    limit = _array_limit(batcher.cfg)
+    parts, size = [], 0
+    for line in lines:
+        size += len(line)
+        if size > limit:
+            batcher.reject_record(
+                0,
+                "array_too_large",
+                f"a JSON array file is parsed whole; this one holds more than {limit} bytes (the limit is "
+                f"{ARRAY_BYTES_PER_TEXT_BYTE} x input.max_text_bytes, at most {MAX_ARRAY_BYTES}); "
+                f"convert it to JSON Lines",
+            )
+            return
+        parts.append(line)
+    # invalid UTF-8 survives as lone surrogates: orjson refuses them, the element-wise parse rejects the
+    # elements holding them as invalid_utf8 (with their raw bytes)
+    text = b"".join(parts).decode("utf-8", errors="surrogateescape")
+    del parts
+    values = None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        values = orjson.loads(text)
+    if isinstance(values, list) and not _may_hold_big_integers(text, values):
+        for index, value in enumerate(values):
+            yield from _array_element(batcher, index, value, None)
+        return
+    yield from _array_elements_one_by_one(batcher, text)
+
+
+def _array_element(batcher: _Batcher, index: int, value: Any, raw: str | None) -> Iterator[pa.Table]:
+    if not isinstance(value, dict):
+        shown = raw if raw is not None else _as_field_string(value)
+        batcher.reject_record(index, "not_an_object", f"a JSON {type(value).__name__}", shown)
+        return
+    batcher.add(index, value, (lambda: raw) if raw is not None else (lambda v=value: _as_field_string(v)))
+    if batcher.full():
+        yield batcher.flush()
+
+
+def _array_elements_one_by_one(batcher: _Batcher, text: str) -> Iterator[pa.Table]:
+    decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+    pos = _WS.match(text, 0).end()
+    if text[pos : pos + 1] != "[":
+        batcher.corrupt(0, ValueError("the file does not start with a JSON array"), "element")
+        return
+    pos = _WS.match(text, pos + 1).end()
+    index = 0
+    if text[pos : pos + 1] == "]":
+        pos = _WS.match(text, pos + 1).end()
+    else:
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except ValueError as exc:
+                batcher.corrupt(index, exc, "element")
+                return
+            raw = text[pos:end]
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                batcher.reject_record(
+                    index, "invalid_utf8", str(exc), raw_bytes=raw.encode("utf-8", errors="surrogateescape")
+                )
+            else:
+                yield from _array_element(batcher, index, value, raw)
+            index += 1
+            pos = _WS.match(text, end).end()
+            sep = text[pos : pos + 1]
+            pos = _WS.match(text, pos + 1).end()
+            if sep == "]":
+                break
+            if sep != ",":
+                problem = "the array ends early (truncated file?)" if not sep else f"expected ',' or ']', got {sep!r}"
+                batcher.corrupt(index, ValueError(f"{problem} at character {pos}"), "element")
+                return
+    if pos < len(text):
+        batcher.corrupt(index, ValueError(f"extra data after the JSON array at character {pos}"), "element")
+
+
+# -- Parquet ---------------------------------------------------------------------------------------------
 
 
 def _iter_parquet(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
@@ -379,19 +929,42 @@ def _iter_parquet(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
                 if table is not None:
                     yield table
     except Exception as exc:
-        log.warning("could not read %s to its end (row %d): %s", redact_url(shard.path), row, exc)
-        batcher.result.records += 1
-        batcher.reject(row, "corrupt_file", f"{type(exc).__name__}: {exc}", None)
+        batcher.corrupt(row, exc, "row")
     tail = batcher.flush()
     if tail is not None:
         yield tail
+    # Parquet needs random access, so its digest is a second sequential read of the file (same task)
+    try:
+        batcher.result.size, batcher.result.sha256 = file_sha256(shard.path)
+    except Exception as exc:
+        log.warning("could not hash %s: %s", batcher.source, scrub(f"{type(exc).__name__}: {exc}", shard.path))
+
+
+def _read_time_mtime(shard: InputFile) -> float | None:
+    """The file's modification time now (before it is read), else the one discovery saw."""
+    try:
+        fs, path = fsspec.core.url_to_fs(shard.path)
+        return info_mtime(fs.info(path))
+    except Exception as exc:
+        message = scrub(f"{type(exc).__name__}: {exc}", shard.path)
+        log.debug("no modification time for %s: %s", redact_url(shard.path), message)
+        return shard.mtime
 
 
 def read_shard(shard: InputFile, cfg: InputConfig, result: ShardResult) -> Iterator[pa.Table]:
-    """Yield document batches from one input file; rejections and counts accumulate in ``result``."""
+    """Yield document batches from one input file; rejections, counts and the file's identity go to ``result``.
+
+    A file marked by discovery as not regular (``shard.problem``) is never opened: it gives one
+    ``not_a_regular_file`` rejection.
+    """
     batcher = _Batcher(shard, cfg, result)
+    result.format = shard.format
+    if shard.problem is not None:
+        result.size, result.mtime = shard.size, shard.mtime
+        batcher.reject_record(0, "not_a_regular_file", f"{shard.problem}; not opened")
+        return
+    result.mtime = _read_time_mtime(shard)
     reader = _iter_jsonl if shard.format == "jsonl" else _iter_parquet
     yield from reader(shard, batcher)
     if result.records == 0:
-        result.records = 1
-        batcher.reject(0, "empty_file", "the file holds no records", None)
+        batcher.reject_record(0, "empty_file", "the file holds no records")

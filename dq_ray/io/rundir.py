@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Iterable
@@ -15,11 +16,36 @@ import pyarrow.parquet as pq
 import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
+from dq_ray import __version__
+from dq_ray.io.guard import (
+    LOCK_NAME,
+    MANIFEST,
+    OVERWRITTEN,
+    NotARunError,
+    RunLock,
+    entries,
+    foreign_files,
+    new_run_id,
+    read_owner,
+    remove_entries,
+)
 from dq_ray.io.readers import REJECTED_SCHEMA, ShardResult, qualify
+from dq_ray.io.redact import redact_url
+
+log = logging.getLogger(__name__)
+
+
+def parquet_rows(fs: fsspec.AbstractFileSystem, paths: Iterable[str]) -> int:
+    """Rows in the Parquet files ``paths``, from their footers (no data is read)."""
+    total = 0
+    for p in paths:
+        with fs.open(p, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
 
 
 class RunExistsError(RuntimeError):
-    """The output directory already holds a run."""
+    """The output directory already holds a run (pass ``--resume`` or ``--overwrite``)."""
 
 
 class RunDir:
@@ -33,8 +59,9 @@ class RunDir:
         self.fs, root = fsspec.core.url_to_fs(path)
         if isinstance(self.fs, LocalFileSystem):
             root = os.path.abspath(root)  # so every Ray worker agrees on it
-        self.root = root.rstrip("/")
+        self.root = root.rstrip("/") or "/"
         self.path = qualify(self.fs, self.root)
+        self.run_id: str | None = None
 
     def sub(self, name: str) -> str:
         return f"{self.path}/{name}"
@@ -51,26 +78,68 @@ class RunDir:
     def manifest(self) -> str:
         return self.sub("manifest.json")
 
-    def prepare(self, overwrite: bool = False, resume: bool = False) -> bool:
-        """Make the layout. An earlier run is refused unless ``resume`` (keep it) or ``overwrite`` (delete it).
+    def state(self) -> str:
+        """``"new"`` (absent or empty), ``"run"`` (holds a dq-ray manifest) or ``"foreign"`` (anything else)."""
+        # the lock and a half-written manifest are a run being started: the lock decides who writes
+        names = [n for n in entries(self.fs, self.root) if n not in (LOCK_NAME, f"{MANIFEST}.tmp")]
+        if not names:
+            return "new"
+        return "run" if read_owner(self.fs, self.root) is not None else "foreign"
 
-        Returns True when an earlier run is being resumed.
+    def prepare(self, overwrite: bool = False, resume: bool = False) -> bool:
+        """Take the run directory for this run: check it is ours, lock it, and make the layout.
+
+        A new or empty folder is started; a folder holding an earlier run is refused unless ``resume`` (keep it)
+        or ``overwrite`` (delete the run's own entries, :func:`~dq_ray.io.guard.remove_entries`); any other
+        non-empty folder is refused whatever the flags. The manifest (with ``run_id``) is written before
+        anything else, so the folder is recognisable as a run from the first moment. Returns True when an
+        earlier run is being resumed. The caller releases the lock with :meth:`release`.
         """
-        existing = [n for n in ("manifest.json", "docs", "rejected", "_shards") if self.fs.exists(self._p(n))]
-        if existing and not (overwrite or resume):
+        state = self.state()
+        if state == "foreign":
+            raise NotARunError(
+                f"{redact_url(self.path)} is not empty and is not a dq-ray run directory (no manifest.json written "
+                f"by dq-ray); it holds: {', '.join(entries(self.fs, self.root)[:8])}. dq-ray only replaces or "
+                "resumes folders it created: choose a new or empty output folder"
+            )
+        if state == "run" and not (overwrite or resume):
             raise RunExistsError(
-                f"{self.path} already holds a run ({', '.join(existing)}); pass --resume to continue it "
+                f"{redact_url(self.path)} already holds a run; pass --resume to continue it "
                 f"(finished work is kept) or --overwrite to replace it"
             )
-        if existing and not resume:
-            for name in (*existing, "_work", "artifacts", "_faults"):
-                if self.fs.exists(self._p(name)):
-                    self.fs.rm(self._p(name), recursive=True)
-        for name in ("rejected", "_shards", "artifacts"):
-            self.fs.makedirs(self._p(name), exist_ok=True)
-        if resume and existing:
-            self.remove_temporaries()
-        return bool(resume and existing)
+        previous = read_owner(self.fs, self.root) or {}
+        resumed = bool(resume and state == "run")
+        self.run_id = (previous.get("run_id") or new_run_id()) if resumed else new_run_id()
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.lock = RunLock(self.fs, self.root)
+        self.lock.acquire(self.run_id)
+        try:
+            if state == "run" and not resume:
+                removed = remove_entries(self.fs, self.root, OVERWRITTEN)
+                log.info("--overwrite: removed the earlier run's %s", ", ".join(removed))
+            if not resumed:  # the marker, first
+                self.write_json(MANIFEST, {"dq_ray_version": __version__, "run_id": self.run_id, "status": "starting"})
+            for name in ("rejected", "_shards", "artifacts"):
+                self.fs.makedirs(self._p(name), exist_ok=True)
+            if resumed:
+                self.remove_temporaries()
+        except BaseException:
+            self.release()
+            raise
+        return resumed
+
+    def release(self) -> None:
+        """Give up the writer lock taken by :meth:`prepare` (or :meth:`take`)."""
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+
+    def take(self) -> None:
+        """Lock a finished run for a later writer (``dq-ray select`` into the run); refuses a non-run folder."""
+        if read_owner(self.fs, self.root) is None:
+            raise NotARunError(f"{redact_url(self.path)} is not a dq-ray run directory (no manifest.json)")
+        self.lock = RunLock(self.fs, self.root)
+        self.lock.acquire()
 
     def _p(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -86,7 +155,8 @@ class RunDir:
             return json.load(fh)
 
     def shard_key(self, shard_path: str) -> str:
-        return xxhash.xxh3_64_hexdigest(shard_path.encode())
+        """The file-name key of an input shard (of its redacted path, the only form of it that is stored)."""
+        return xxhash.xxh3_64_hexdigest(redact_url(shard_path).encode())
 
     def write_shard_outputs(self, result: ShardResult) -> None:
         """Rejections and the receipt of one input file (idempotent: a retried task overwrites them).
@@ -139,12 +209,7 @@ class RunDir:
 
     def rows_by_shard(self, folder: str) -> dict[str, int]:
         """Committed rows per shard key in ``RUN/<folder>/`` (from Parquet footers)."""
-        counts: dict[str, int] = {}
-        for path in self.fs.glob(self._p(f"{folder}/*-*.parquet")):
-            key = posixpath.basename(path).split("-", 1)[0]
-            with self.fs.open(path, "rb") as fh:
-                counts[key] = counts.get(key, 0) + pq.ParquetFile(fh).metadata.num_rows
-        return counts
+        return self._rows_by_key(f"{folder}/*-*.parquet", "-")
 
     def shard_files(self, folder: str, keys: Iterable[str] | None = None) -> list[str]:
         """The committed files of ``RUN/<folder>/`` (of the given shard keys only, when given)."""
@@ -155,12 +220,15 @@ class RunDir:
         return [qualify(self.fs, f) for f in files]
 
     def stage_rejections_by_shard(self, phase: int) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for path in self.fs.glob(self._p(f"rejected/*.p{phase}-*.parquet")):
-            key = posixpath.basename(path).split(".", 1)[0]
-            with self.fs.open(path, "rb") as fh:
-                counts[key] = counts.get(key, 0) + pq.ParquetFile(fh).metadata.num_rows
-        return counts
+        """Stage rejections per shard key written in phase ``phase`` (from Parquet footers)."""
+        return self._rows_by_key(f"rejected/*.p{phase}-*.parquet", ".")
+
+    def _rows_by_key(self, pattern: str, sep: str) -> dict[str, int]:
+        """Rows per shard key (the file name up to ``sep``) of the files matching ``RUN/<pattern>``."""
+        by_key: dict[str, list[str]] = {}
+        for path in self.fs.glob(self._p(pattern)):
+            by_key.setdefault(posixpath.basename(path).split(sep, 1)[0], []).append(path)
+        return {key: parquet_rows(self.fs, paths) for key, paths in by_key.items()}
 
     def drop_shards(self, folder: str, phase: int, keys: Iterable[str], with_receipts: bool = False) -> None:
         """Delete what incomplete shards left behind in a phase (and their read outputs when ``with_receipts``)."""
@@ -181,9 +249,12 @@ class RunDir:
             self.fs.rm(path)
 
     def remove_temporaries(self) -> None:
-        """Half-written files of a killed run (hidden ``.*.tmp`` names)."""
-        for path in self.fs.glob(self._p("**/.*.tmp")):
-            self.fs.rm(path)
+        """Half-written files of a killed run (hidden ``.*.tmp`` names), inside the run's own folders only."""
+        for folder in ("docs", "_work", "rejected", "_shards", "artifacts"):
+            if not self.fs.isdir(self._p(folder)) or foreign_files(self.fs, self.root, folder):
+                continue  # a link or a folder with files that are not ours: leave it alone
+            for path in self.fs.glob(self._p(f"{folder}/**/.*.tmp")):
+                self.fs.rm(path)
 
     def marker(self, name: str) -> dict[str, Any] | None:
         """A completion marker under ``RUN/_shards/`` (None when absent)."""
@@ -207,12 +278,8 @@ class RunDir:
         return out
 
     def count_rows(self, name: str) -> int:
-        files = [p for p in self.fs.glob(self._p(f"{name}/**/*.parquet"))]
-        total = 0
-        for p in files:
-            with self.fs.open(p, "rb") as fh:
-                total += pq.ParquetFile(fh).metadata.num_rows
-        return total
+        """Rows of every Parquet file under ``RUN/<name>/`` (from footers)."""
+        return parquet_rows(self.fs, self.fs.glob(self._p(f"{name}/**/*.parquet")))
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         files = sorted(self.fs.glob(self._p(f"{name}/**/*.parquet")))

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dq_ray.config import ConfigError, build_dataclass
+from dq_ray.errors import ConfigError
 from dq_ray.stages.askllm import AskLLMJudge, JudgeParams, judge_info
+from dq_ray.typed import build_dataclass
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ import pyarrow as pa
 from dq_ray.backends import MissingEngine
 from dq_ray.backends import llm as llm_backends
 from dq_ray.backends.llm_transformers import DTYPES
-from dq_ray.config import ConfigError
+from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
 
 log = logging.getLogger(__name__)

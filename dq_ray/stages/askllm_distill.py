@@ -34,10 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dq_ray.config import ConfigError
+from dq_ray.artifacts import load_npz_trusted, read_trusted, trusted_digests
+from dq_ray.errors import ConfigError
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
 from dq_ray.stages.askllm import OUTPUTS, AskLLMJudge, AskLLMParams, gpu_resources, judge_info
-from dq_ray.stages.density import doc_keys, fetched, local_dir
+from dq_ray.stages.density import doc_keys, local_dir
 from dq_ray.stages.embed import embeddings_to_numpy
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,11 @@ class AskLLMDistill(Stage):
     def setup(self) -> None:
         if not self.artifacts_dir:
             raise RuntimeError("askllm_distill: no artifacts_dir; the stage must be fitted before it runs")
-        with fetched(self.artifacts_dir) as src:
-            with np.load(os.path.join(src, "regressor.npz")) as z:
-                self.coef, self.intercept = z["coef"], float(z["intercept"])
-            sampled = pq.read_table(os.path.join(src, "sample_scores.parquet"))
+        art = self.artifacts_dir
+        digests = trusted_digests(art, self.artifact_digests)
+        z = load_npz_trusted(art, "regressor.npz", digests)
+        self.coef, self.intercept = z["coef"], float(z["intercept"])
+        sampled = pq.read_table(pa.BufferReader(read_trusted(art, "sample_scores.parquet", digests)))
         keys = doc_keys(sampled)
         self.sampled = dict(zip(keys.tolist(), sampled.column("askllm_score").to_pylist()))
 

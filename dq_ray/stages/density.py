@@ -36,7 +36,8 @@ Two methods, both **fit / apply** (:meth:`Density.fit` runs once on the driver, 
 Artifacts in ``RUN/artifacts/density/``: ``density.json`` (the fitted settings), and ``index.faiss`` +
 ``doc_keys.npy`` (knn) or ``sketch.npz`` (sketch). A neighbour is recognised as the document itself by its key in
 ``doc_keys`` (xxh64 of ``source_file#source_index``, unique per input record); an exact copy elsewhere in the
-corpus is a neighbour like any other (kernel value 1).
+corpus is a neighbour like any other (kernel value 1). :meth:`Density.setup` loads only signed bytes (the folder's
+digests, :mod:`dq_ray.artifacts`): the index is deserialised from memory, arrays with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from dq_ray.config import ConfigError
+from dq_ray.artifacts import load_json_trusted, load_npy_trusted, load_npz_trusted, read_trusted, trusted_digests
+from dq_ray.errors import ConfigError
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
 from dq_ray.stages.embed import embeddings_to_numpy, l2_normalise
 
@@ -263,23 +265,26 @@ class Density(Stage):
         if not self.artifacts_dir:
             raise RuntimeError("density: no artifacts_dir; the stage must be fitted before it runs")
         p: DensityParams = self.params
-        with fetched(self.artifacts_dir) as src:
-            with open(os.path.join(src, "density.json"), encoding="utf-8") as fh:
-                self.fitted = json.load(fh)
-            if p.method == "knn":
-                import faiss
+        art = self.artifacts_dir
+        digests = trusted_digests(art, self.artifact_digests)
+        self.fitted = load_json_trusted(art, "density.json", digests)
+        if p.method == "knn":
+            import faiss
 
-                index = faiss.read_index(os.path.join(src, "index.faiss"))
-                self.keys = np.load(os.path.join(src, "doc_keys.npy"))
-                self.bandwidth = float(self.fitted["bandwidth"])
-                if faiss.get_num_gpus() > 0:
-                    index = faiss.index_cpu_to_all_gpus(index)
-                set_nprobe(index, p.nprobe)
-                self.index = index
-                self.anchors = Anchors.load(src) if self.fitted.get("tail_anchors") else None
-            else:
-                with np.load(os.path.join(src, "sketch.npz")) as z:
-                    self.planes, self.counts = z["planes"], z["counts"]
+            # the signed bytes, deserialised from memory (no re-read of the file after the check)
+            raw = read_trusted(art, "index.faiss", digests)
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+            del raw
+            self.keys = load_npy_trusted(art, "doc_keys.npy", digests)
+            self.bandwidth = float(self.fitted["bandwidth"])
+            if faiss.get_num_gpus() > 0:
+                index = faiss.index_cpu_to_all_gpus(index)
+            set_nprobe(index, p.nprobe)
+            self.index = index
+            self.anchors = Anchors.load(art, digests) if self.fitted.get("tail_anchors") else None
+        else:
+            z = load_npz_trusted(art, "sketch.npz", digests)
+            self.planes, self.counts = z["planes"], z["counts"]
         self.normaliser = float(self.fitted["weight_normaliser"])
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -362,9 +367,10 @@ class Anchors:
         np.savez(os.path.join(out, "anchors.npz"), vectors=self.vectors, keys=self.keys, n=self.n)
 
     @classmethod
-    def load(cls, src: str) -> Anchors:
-        with np.load(os.path.join(src, "anchors.npz")) as z:
-            return cls(z["vectors"], z["keys"], int(z["n"]))
+    def load(cls, src: str, digests: dict[str, str]) -> Anchors:
+        """The anchors saved in the artifact folder ``src`` (a path or URL), checked against its ``digests``."""
+        z = load_npz_trusted(src, "anchors.npz", digests)
+        return cls(z["vectors"], z["keys"], int(z["n"]))
 
     def tail_sum(
         self, x: np.ndarray, own_keys: np.ndarray, neighbour_keys: np.ndarray, kernel: str, bandwidth: float

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from dq_ray import backends
-from dq_ray.config import ConfigError
+from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dq_ray.artifacts import read_trusted, trusted_digests
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
 from dq_ray.stages._groups import UnionFind, component_sizes, doc_keys
 
@@ -264,13 +265,6 @@ def group_members(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return members, members[roots], component_sizes(roots)
 
 
-def _read_parquet(path: str) -> pa.Table:
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        return pq.read_table(f)
-
-
 def _write_parquet(table: pa.Table, path: str) -> None:
     import fsspec
 
@@ -348,7 +342,8 @@ class MinHashDedup(Stage):
     def setup(self) -> None:
         if self.artifacts_dir is None:
             raise RuntimeError("minhash runs after its fit: artifacts_dir is not set")
-        table = _read_parquet(posixpath.join(self.artifacts_dir, ARTIFACT))
+        digests = trusted_digests(self.artifacts_dir, self.artifact_digests)
+        table = pq.read_table(pa.BufferReader(read_trusted(self.artifacts_dir, ARTIFACT, digests)))
         self._files = pc.unique(table.column("source_file")).sort()
         numbers = self._numbers(table)
         order = np.argsort(numbers, kind="stable")

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dq_ray import backends
-from dq_ray.config import ConfigError
+from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
 from dq_ray.stages import _style
 from dq_ray.stages.embed import l2_normalise

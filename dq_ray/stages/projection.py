@@ -11,7 +11,11 @@
 
 The fitted model goes to ``RUN/artifacts/map/`` (``map.json`` + ``umap.pkl`` or ``pca.npz``). ``model_from``
 names such a directory (or a run directory holding one) to place new documents on an earlier run's map without
-refitting: the model is copied into this run's artifacts and applied as is.
+refitting: the model is copied into this run's artifacts and applied as is. The source must be a folder signed by
+dq-ray with this machine's key (or ``$DQ_RAY_ARTIFACT_KEY``, see :mod:`dq_ray.artifacts`): it is verified before
+anything is copied, only its signed model files are copied (each checked again as it is read), and anything else
+is refused with :class:`~dq_ray.artifacts.UntrustedArtifactError`. The UMAP model is a pickle, so it is only ever
+loaded through :func:`~dq_ray.artifacts.load_pickle_trusted`, from the signed bytes.
 
 **Apply** runs in a pool of Ray actors (the UMAP model and numba's compiled code are loaded once per actor).
 A UMAP transform's result for a document can depend slightly on the other documents of its batch (the
@@ -32,6 +36,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dq_ray.artifacts import (
+    UntrustedArtifactError,
+    load_json_trusted,
+    load_npz_trusted,
+    load_pickle_trusted,
+    read_trusted,
+    trusted_digests,
+    verify_artifacts,
+)
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
 from dq_ray.stages.semdedup import embedding_matrix
 
@@ -144,11 +157,7 @@ class Map(Stage):
         p, art = self.params, data.artifacts_dir
         if p.model_from:
             src = resolve_model_dir(p.model_from)
-            for name in (MODEL_INFO, UMAP_MODEL, PCA_MODEL):
-                if _exists(f"{src}/{name}"):
-                    with fsspec.open(f"{src}/{name}", "rb") as fi, fsspec.open(posixpath.join(art, name), "wb") as fo:
-                        fo.write(fi.read())
-            info = _read_info(art)
+            info = copy_signed_model(src, art)
             log.info("map: reusing the %s projection from %s", info["method"], src)
             return {**info, "model_from": src, "documents": data.num_rows()}
         if data.num_rows() == 0:
@@ -182,18 +191,17 @@ class Map(Stage):
 
     # -- apply --------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        import fsspec
-
-        if self.artifacts_dir is None:
+        """Load the fitted model from the signed artifacts (``artifact_digests``, else verified here)."""
+        art = self.artifacts_dir
+        if art is None:
             raise RuntimeError("map runs after its fit: artifacts_dir is not set")
-        self.info = _read_info(self.artifacts_dir)
+        digests = trusted_digests(art, self.artifact_digests)
+        self.info = load_json_trusted(art, MODEL_INFO, digests)
         if self.info["method"] == "umap":
-            with fsspec.open(posixpath.join(self.artifacts_dir, UMAP_MODEL), "rb") as f:
-                self.model = pickle.load(f)
+            self.model = load_pickle_trusted(art, UMAP_MODEL, digests)
         else:
-            with fsspec.open(posixpath.join(self.artifacts_dir, PCA_MODEL), "rb") as f:
-                npz = np.load(f)
-                self.mean, self.components = npz["mean"], npz["components"]
+            npz = load_npz_trusted(art, PCA_MODEL, digests)
+            self.mean, self.components = npz["mean"], npz["components"]
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """2-D coordinates of unit-norm embeddings ``x`` under the fitted model."""
@@ -212,15 +220,31 @@ class Map(Stage):
         )
 
 
-def _exists(path: str) -> bool:
+def copy_signed_model(src: str, art: str) -> dict[str, Any]:
+    """Copy the saved map in ``src`` into ``art`` after verifying its signature; return its ``map.json``.
+
+    ``src`` is verified (:func:`~dq_ray.artifacts.verify_artifacts`) before anything is copied; only the model
+    files it lists are copied, each read through :func:`~dq_ray.artifacts.read_trusted` (the bytes written are the
+    bytes checked). Raises :class:`~dq_ray.artifacts.UntrustedArtifactError` for an unsigned, forged or changed
+    folder, or one whose signature does not list the files its method needs.
+    """
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs.exists(root)
-
-
-def _read_info(art: str) -> dict[str, Any]:
-    import fsspec
-
-    with fsspec.open(posixpath.join(art, MODEL_INFO), "r") as f:
-        return json.load(f)
+    try:
+        digests = verify_artifacts(src)
+    except UntrustedArtifactError as exc:
+        raise UntrustedArtifactError(f"map.model_from: refusing to load the saved map: {exc}") from None
+    info_bytes = read_trusted(src, MODEL_INFO, digests) if MODEL_INFO in digests else b"{}"
+    info = json.loads(info_bytes)
+    needed = {"umap": UMAP_MODEL, "pca": PCA_MODEL}.get(info.get("method"))
+    if needed is None or needed not in digests:
+        raise UntrustedArtifactError(
+            f"map.model_from: the signature of {src!r} does not list a saved map ({MODEL_INFO} and "
+            f"{needed or UMAP_MODEL + ' or ' + PCA_MODEL}); re-fit it"
+        )
+    # only the signed model files are copied, and the bytes written are the bytes checked
+    model = read_trusted(src, needed, digests)
+    for name, data in ((MODEL_INFO, info_bytes), (needed, model)):
+        with fsspec.open(posixpath.join(art, name), "wb") as fo:
+            fo.write(data)
+    return info

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dq_ray.artifacts import load_npy_trusted, trusted_digests
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
 from dq_ray.stages._groups import UnionFind, component_sizes, doc_keys
 
@@ -202,7 +203,8 @@ class SemDedup(Stage):
     def setup(self) -> None:
         if self.artifacts_dir is None:
             raise RuntimeError("semdedup runs after its fit: artifacts_dir is not set")
-        self.centroids = _load_npy(posixpath.join(self.artifacts_dir, CENTROIDS))
+        digests = trusted_digests(self.artifacts_dir, self.artifact_digests)
+        self.centroids = load_npy_trusted(self.artifacts_dir, CENTROIDS, digests)
 
     def process(self, batch: pa.Table) -> pa.Table:
         label, _ = nearest_centroid(embedding_matrix(batch.column("embedding")), self.centroids)
@@ -260,10 +262,3 @@ def _save_npy(array: np.ndarray, path: str) -> None:
 
     with fsspec.open(path, "wb") as f:
         np.save(f, array)
-
-
-def _load_npy(path: str) -> np.ndarray:
-    import fsspec
-
-    with fsspec.open(path, "rb") as f:
-        return np.load(f)

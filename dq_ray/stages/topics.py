@@ -43,8 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dq_ray.artifacts import load_npy_trusted, trusted_digests
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
-from dq_ray.stages.semdedup import _load_npy, _save_npy, embedding_matrix, nearest_centroid
+from dq_ray.stages.semdedup import _save_npy, embedding_matrix, nearest_centroid
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +321,10 @@ class Topics(Stage):
     def setup(self) -> None:
         if self.artifacts_dir is None:
             raise RuntimeError("topics runs after its fit: artifacts_dir is not set")
-        self.centroids = _load_npy(posixpath.join(self.artifacts_dir, CENTROIDS))
-        self.coarse_of_fine = _load_npy(posixpath.join(self.artifacts_dir, COARSE_OF_FINE))
+        art = self.artifacts_dir
+        digests = trusted_digests(art, self.artifact_digests)
+        self.centroids = load_npy_trusted(art, CENTROIDS, digests)
+        self.coarse_of_fine = load_npy_trusted(art, COARSE_OF_FINE, digests)
 
     def process(self, batch: pa.Table) -> pa.Table:
         label, _ = nearest_centroid(embedding_matrix(batch.column("embedding")), self.centroids)

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dq_ray.artifacts import SIGNATURE, sign_artifacts, verify_artifacts
 from dq_ray.config import ConfigError
 from dq_ray.demo import news_docs, speech_docs, tweet_docs, wikipedia_docs
 from dq_ray.stage import Resources, TableFitData
@@ -67,6 +68,7 @@ def corpus() -> pa.Table:
 
 def _fitted(table: pa.Table, tmp_path, params: DensityParams) -> tuple[Density, dict]:
     info = Density(params).fit(TableFitData(table, str(tmp_path)))
+    sign_artifacts(str(tmp_path))  # what the pipeline does after every fit
     stage = Density(params)
     stage.artifacts_dir = str(tmp_path)
     stage.ensure_setup()
@@ -77,7 +79,7 @@ def test_knn_matches_exact_kde(ray_local, corpus, tmp_path):
     stage, info = _fitted(corpus, tmp_path, DensityParams())
     assert info["index"] == "flat" and info["n"] == N_DOCS and info["bandwidth_estimated"]
     assert info["tail_anchors"] == DensityParams().tail_sample
-    assert sorted(os.listdir(tmp_path)) == ["anchors.npz", "density.json", "doc_keys.npy", "index.faiss"]
+    assert sorted(os.listdir(tmp_path)) == [SIGNATURE, "anchors.npz", "density.json", "doc_keys.npy", "index.faiss"]
     out = stage.process(corpus)
     assert out.column_names == ["id", "source_file", "source_index", "embedding", "density_score", "density_weight"]
     assert out.schema.field("density_score").type == pa.float32()
@@ -146,6 +148,7 @@ def test_density_runs_in_ray_actors(ray_local, corpus, tmp_path):
     local, _ = _fitted(sample, tmp_path, PARAMS_SMALL)
     worker_stage = Density(PARAMS_SMALL)
     worker_stage.artifacts_dir = str(tmp_path)
+    worker_stage.artifact_digests = verify_artifacts(str(tmp_path))  # as the pipeline hands them to workers
     ds = ray.data.from_arrow(sample).map_batches(
         _DensityActor,
         fn_constructor_kwargs={"stage": worker_stage},
@@ -174,6 +177,7 @@ def test_artifacts_on_an_fsspec_url(ray_local, corpus, tmp_path, method):
     local, _ = _fitted(sample, tmp_path, params)
     url = f"memory://dq-density-test/{method}/artifacts/density"
     Density(params).fit(_UrlFitData(sample, url))
+    sign_artifacts(url)
     remote = Density(params)
     remote.artifacts_dir = url
     remote.ensure_setup()

@@ -1,7 +1,13 @@
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from dq_ray.artifacts import SIGNATURE, UntrustedArtifactError, sign_artifacts, verify_artifacts
 from dq_ray.stage import TableFitData
 from dq_ray.stages.projection import Map, MapParams, fit_pca, resolve_model_dir
 
@@ -26,6 +32,7 @@ def _table(n_per: int = 60, dim: int = 32, seed: int = 0) -> tuple[pa.Table, np.
 def _fit(table: pa.Table, art: str, **params) -> tuple[Map, dict]:
     stage = Map(MapParams(**params))
     info = stage.fit(TableFitData(table, art))
+    sign_artifacts(art)  # what the pipeline does after every fit
     stage.artifacts_dir = art
     stage.ensure_setup()
     return stage, info
@@ -80,6 +87,16 @@ def test_umap_map_is_deterministic_and_reusable(tmp_path):
     reused, rinfo = _fit(table, str(tmp_path / "c"), method="pca", model_from=str(tmp_path / "a"))
     assert rinfo["method"] == "umap"  # the saved model wins over the method given
     assert np.array_equal(_xy(reused.process(table)), xa)
+    # one changed byte of the signed pickle: the folder no longer verifies, and a worker holding the digests
+    # verified before the change refuses the bytes it reads
+    digests = verify_artifacts(str(tmp_path / "c"))
+    _flip_last_byte(tmp_path / "c" / "umap.pkl")
+    with pytest.raises(UntrustedArtifactError, match="umap.pkl changed"):
+        verify_artifacts(str(tmp_path / "c"))
+    worker = Map(MapParams(method="pca"))
+    worker.artifacts_dir, worker.artifact_digests = str(tmp_path / "c"), digests
+    with pytest.raises(UntrustedArtifactError, match="umap.pkl: changed"):
+        worker.ensure_setup()
 
 
 def test_errors(tmp_path):
@@ -95,3 +112,99 @@ def test_errors(tmp_path):
     # too few rows for UMAP: PCA, recorded
     _, info = _fit(table.slice(0, 6), str(tmp_path / "few"), method="auto")
     assert info["method"] == "pca"
+
+
+# -- loading only signed artifacts (a planted pickle must never run) ------------------------------------------
+
+
+class _Planted:
+    """A pickle payload that, when unpickled, creates ``marker`` (standing in for ``os.system``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _planted_map(folder: Path, marker: Path) -> Path:
+    """A saved-map folder as an attacker would plant it: ``map.json`` (umap) and a ``umap.pkl`` payload."""
+    folder.mkdir(parents=True)
+    (folder / "map.json").write_text(json.dumps({"method": "umap", "dim": 32, "sample_rows": 90, "bounds": [0] * 4}))
+    (folder / "umap.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    return folder
+
+
+def test_the_planted_payload_is_live(tmp_path):
+    """Control: unpickling the payload does create the marker (so its absence below means it never ran)."""
+    marker = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Planted(marker)))
+    assert marker.exists()
+
+
+def test_model_from_refuses_an_unsigned_planted_pickle(tmp_path):
+    table, _ = _table(n_per=5)
+    marker = tmp_path / "pwned"
+    evil = _planted_map(tmp_path / "evil", marker)
+    art = tmp_path / "run" / "artifacts" / "map"
+    with pytest.raises(UntrustedArtifactError, match="not written by dq-ray on this machine.*DQ_RAY_ARTIFACT_KEY"):
+        Map(MapParams(method="pca", model_from=str(evil))).fit(TableFitData(table, str(art)))
+    assert not marker.exists()
+    assert list(art.iterdir()) == []  # nothing copied
+    # a planted RUN/artifacts/map (as a hostile run folder would hand to --resume): setup refuses it too
+    stage = Map(MapParams(method="pca"))
+    stage.artifacts_dir = str(evil)
+    with pytest.raises(UntrustedArtifactError, match="not written by dq-ray"):
+        stage.ensure_setup()
+    stage.artifact_digests = {}  # digests from the driver that do not list the pickle
+    with pytest.raises(UntrustedArtifactError, match="map.json: not listed"):
+        stage.ensure_setup()
+    assert not marker.exists()
+
+
+def test_model_from_refuses_a_forged_signature(tmp_path, monkeypatch):
+    table, _ = _table(n_per=5)
+    marker = tmp_path / "pwned"
+    evil = _planted_map(tmp_path / "evil", marker)
+    files = {name: hashlib.sha256((evil / name).read_bytes()).hexdigest() for name in ("map.json", "umap.pkl")}
+    forged = {"format": "dq-ray-artifacts/1", "algorithm": "HMAC-SHA256", "files": files, "mac": "0" * 64}
+    (evil / SIGNATURE).write_text(json.dumps(forged))
+    art = str(tmp_path / "run" / "artifacts" / "map")
+    with pytest.raises(UntrustedArtifactError, match="does not match"):
+        Map(MapParams(method="pca", model_from=str(evil))).fit(TableFitData(table, art))
+    # a well-formed signature made with another key (the attacker's) is refused the same way
+    with monkeypatch.context() as m:
+        m.setenv("DQ_RAY_ARTIFACT_KEY", "ab" * 32)
+        sign_artifacts(str(evil))
+    with pytest.raises(UntrustedArtifactError, match="does not match"):
+        Map(MapParams(method="pca", model_from=str(evil))).fit(TableFitData(table, art))
+    assert not marker.exists()
+
+
+def test_model_from_copies_only_signed_files(tmp_path, monkeypatch):
+    table, _ = _table(n_per=5)
+    marker = tmp_path / "pwned"
+    genuine, _ = _fit(table, str(tmp_path / "a" / "artifacts" / "map"), method="pca")
+    src = tmp_path / "a" / "artifacts" / "map"
+    # a pickle dropped next to a genuine signed PCA map is not listed, so it is neither copied nor loaded
+    (src / "umap.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    reused, _ = _fit(table, str(tmp_path / "b"), method="pca", model_from=str(tmp_path / "a"))
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [SIGNATURE, "map.json", "pca.npz"]
+    assert np.array_equal(_xy(reused.process(table)), _xy(genuine.process(table)))
+    # the genuine map checked with another key (a machine without the team's shared key): refused
+    with monkeypatch.context() as m:
+        m.setenv("DQ_RAY_ARTIFACT_KEY", "cd" * 32)
+        with pytest.raises(UntrustedArtifactError, match="does not match the key in .DQ_RAY_ARTIFACT_KEY"):
+            Map(MapParams(model_from=str(src))).fit(TableFitData(table, str(tmp_path / "c")))
+    # switching the signed map.json to umap (to reach the pickle) breaks the signature
+    info = json.loads((src / "map.json").read_text())
+    (src / "map.json").write_text(json.dumps({**info, "method": "umap"}))
+    with pytest.raises(UntrustedArtifactError, match="map.json changed since it was signed"):
+        Map(MapParams(model_from=str(src))).fit(TableFitData(table, str(tmp_path / "d")))
+    assert not marker.exists()

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dq_ray.artifacts import sign_artifacts
 from dq_ray.config import ConfigError, load_config
 from dq_ray.demo import news_docs, wikipedia_docs
 from dq_ray.planted import planted_corpus
@@ -44,6 +45,7 @@ def fitted(planted, ray_local, tmp_path_factory):
     stage = MinHashDedup()
     data = TableFitData(table.select(["text", "source_file", "source_index"]), str(tmp_path_factory.mktemp("mh")))
     info = stage.fit(data)
+    sign_artifacts(data.artifacts_dir)  # what the pipeline does after every fit
     stage.artifacts_dir = data.artifacts_dir
     return stage, info
 

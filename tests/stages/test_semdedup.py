@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dq_ray.artifacts import sign_artifacts, verify_artifacts
 from dq_ray.demo import news_docs, wikipedia_docs
 from dq_ray.planted import planted_corpus
 from dq_ray.stage import TableFitData
@@ -45,6 +46,7 @@ def fitted(corpus, tmp_path_factory):
     stage = SemDedup(SemDedupParams(n_clusters=4))
     data = TableFitData(table, str(tmp_path_factory.mktemp("semdedup")))
     info = stage.fit(data)
+    sign_artifacts(data.artifacts_dir)  # what the pipeline does after every fit
     stage.artifacts_dir = data.artifacts_dir
     stage.ensure_setup()
     return stage, info
@@ -127,6 +129,7 @@ def test_tiles_chains_and_keep_rules(tmp_path):
     for rule in ("first", "hard", "easy"):
         stage = SemDedup(SemDedupParams(n_clusters=1, keep=rule))
         stage.fit(TableFitData(table, str(tmp_path / rule)))
+        sign_artifacts(str(tmp_path / rule))
         stage.artifacts_dir = str(tmp_path / rule)
         out = stage.process_groups(stage(table))
         assert out["semdedup_count"].to_pylist() == [3, 3, 3]
@@ -143,6 +146,7 @@ def test_distributed_apply_through_ray(corpus, fitted, ray_local):
     stage, _ = fitted
     fresh = SemDedup(stage.params)
     fresh.artifacts_dir = stage.artifacts_dir  # pickled unset-up; each worker loads the centroids
+    fresh.artifact_digests = verify_artifacts(stage.artifacts_dir)  # checked on the driver, as the pipeline does
 
     def groups(rows: pa.Table) -> pa.Table:
         fresh.ensure_setup()

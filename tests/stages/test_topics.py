@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dq_ray.artifacts import sign_artifacts
 from dq_ray.config import InputConfig
 from dq_ray.io import ShardResult, discover_inputs, read_shard
 from dq_ray.stage import TableFitData
@@ -44,6 +45,7 @@ def fitted(corpus, ray_local, tmp_path_factory):
     stage = Topics(TopicsParams(n_topics=8, n_coarse=4, seed=0))
     data = TableFitData(corpus, str(tmp_path_factory.mktemp("run") / "artifacts" / "topics"))
     info = stage.fit(data)
+    sign_artifacts(data.artifacts_dir)  # what the pipeline does after every fit
     stage.artifacts_dir = data.artifacts_dir
     stage.ensure_setup()
     return stage, info, stage.process(corpus), pq.read_table(topic_table_path(data.artifacts_dir))

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-$(DEMO)/_corpus.json: $(STAMP) dq_ray/demo.py
+$(DEMO)/_corpus.json: $(STAMP) dq_ray/demo/corpus.py
 	$(VENV)/bin/dq-ray demo-corpus $(DEMO)
 
 demo-corpus: $(DEMO)/_corpus.json
@@ -31,7 +31,7 @@ demo-corpus: $(DEMO)/_corpus.json
 # Preference data: a constructed DPO/KTO/SFT set from the same real text, and the pair-level job on it.
 PREF := data/preference
 
-$(PREF)/_pairs.json: $(STAMP) dq_ray/demo.py dq_ray/demo_preference.py
+$(PREF)/_pairs.json: $(STAMP) dq_ray/demo/corpus.py dq_ray/demo/preference.py
 	$(VENV)/bin/dq-ray demo-preference $(PREF)
 
 demo-preference: $(PREF)/_pairs.json

@@ -116,7 +116,7 @@ def bench_size(n: int, repeat: int, workdir: str, skip_memory_above: int, prepar
     if n > prepare_up_to:
         shutil.rmtree(root)
         return row
-    from dashboards.pyramid import prepare
+    from dashboards.prepare import prepare
 
     t0 = time.perf_counter()
     info = prepare(root, sample_rows=1_000_000)

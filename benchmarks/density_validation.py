@@ -48,7 +48,7 @@ def load_corpus() -> tuple[list[str], list[str]]:
 def embeddings(cache: Path, texts: list[str]) -> np.ndarray:
     """The corpus embedded by the embed stage's engine, cached on disk (keyed by document count)."""
     from dq_ray.backends import load_encoder
-    from dq_ray.stages.embed import l2_normalise
+    from dq_ray.vectors import unit_rows as l2_normalise
 
     path = cache / f"density-validation-minilm-{len(texts)}.npy"
     if path.exists():

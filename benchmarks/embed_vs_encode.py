@@ -61,7 +61,7 @@ def run_dq_ray(input_dir: Path, run_dir: Path, workers: int, actors: int, params
     """Time ``run_job`` with only the embed stage; return {id: vector} read back from docs/ and the manifest."""
     import pyarrow.dataset as pads
 
-    from dq_ray.stages.embed import embeddings_to_numpy
+    from dq_ray.vectors import to_matrix as embeddings_to_numpy
 
     stage = {"name": "embed", "params": params, "resources": {"num_cpus": 1, "concurrency": actors}}
     cfg = one_stage_config(input_dir, run_dir, workers, stage)

@@ -2,7 +2,7 @@
 
 The corpus: real documents from the demo sources (Wikipedia leads, news articles, Commons speeches; exact
 repeats among them removed), with ``--originals`` of them planted twice each as changed copies
-(:mod:`dq_ray.planted`: exact copies, a few words edited, a header/footer line added, the first line removed,
+(:mod:`dq_ray.demo.planted`: exact copies, a few words edited, a header/footer line added, the first line removed,
 paragraphs reordered). Ground truth: an original and its copies form one family; every other pair is not a
 duplicate. For every system the script reports pair precision and recall (pairs of documents in one predicted
 group against pairs in one family) and the share of copies of each kind grouped with their original.
@@ -39,7 +39,7 @@ import pyarrow as pa
 from _common import log, report_header, save_report
 
 from dq_ray.demo import news_docs, speech_docs, wikipedia_docs
-from dq_ray.planted import KINDS, PlantedDoc, planted_corpus
+from dq_ray.demo.planted import KINDS, PlantedDoc, planted_corpus
 from dq_ray.stage import TableFitData
 from dq_ray.stages._groups import UnionFind
 from dq_ray.stages.minhash import MinHashDedup, MinHasher, MinHashParams

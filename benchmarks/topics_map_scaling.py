@@ -76,7 +76,7 @@ def measure(n: int, umap_rows: int, umap_full_max: int, max_sample: int, umap_ma
     import faiss
 
     from dq_ray.stage import TableFitData
-    from dq_ray.stages.projection import Map, MapParams
+    from dq_ray.stages.map import Map, MapParams
     from dq_ray.stages.topics import Topics, TopicsParams, default_topics, spherical_kmeans
 
     out: dict = {"n": n}
@@ -96,7 +96,7 @@ def measure(n: int, umap_rows: int, umap_full_max: int, max_sample: int, umap_ma
     out["n_topics"], out["fit_sample"] = k, sample
     stage = Topics(TopicsParams(n_topics=k))
     stage.centroids = centroids
-    from dq_ray.stages.semdedup import nearest_centroid
+    from dq_ray.vectors import nearest_centroid
 
     stage.coarse_of_fine = nearest_centroid(centroids, coarse)[0]
     stage._ready = True

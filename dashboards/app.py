@@ -1,8 +1,14 @@
 """The Panel app: ``create_app(RUN)`` builds one session's page; ``serve(RUN)`` runs the server.
 
 Every session shares the process-wide store (:func:`dashboards.data_store.get_store`); the page has four tabs
-(the map, the run summary, topics, preference pairs). The server serves Panel's own assets and this app, and
-reads nothing but the run directory and the input files the run read (for text snippets).
+(the map, the run summary, topics, preference pairs). The server serves Panel's and Bokeh's own static assets
+and this app, and reads nothing but the run directory and the input files the run read (for text snippets, each
+checked against its receipt's SHA-256 first).
+
+Panel also registers a ``/components/<module>/...`` route that imports whatever module its URL names (on an
+unauthenticated GET) to look up a component's resources. The app loads every asset from the static routes, so
+:func:`serve` shadows that route with :class:`ComponentRoute`, which answers 404 for any module not in
+:data:`COMPONENT_MODULES` (none) before anything is imported.
 """
 
 from __future__ import annotations
@@ -11,11 +17,32 @@ import logging
 import os
 
 import panel as pn
+from panel.io.server import ComponentResourceHandler
+from tornado.web import HTTPError
 
 from dashboards.data_store import DEFAULT_MEMORY_BUDGET, get_store
 from dashboards.views import MapExplorer, document_view, preference_tab, summary_tab, topics_tab
 
 log = logging.getLogger(__name__)
+
+#: Modules whose resources Panel's ``/components/<module>/<class>/<attr>/<file>`` route may serve. The page needs
+#: none (its stylesheets and scripts come from ``/static/``), so every such URL is refused.
+COMPONENT_MODULES: frozenset[str] = frozenset()
+#: The URL pattern of Panel's component-resource route (see ``panel.io.server.get_static_routes``).
+COMPONENT_ROUTE = r"/components/(.*)"
+
+
+class ComponentRoute(ComponentResourceHandler):
+    """Panel's component-resource handler, limited to :attr:`modules`: any other module is a 404, never imported."""
+
+    modules: frozenset[str] = COMPONENT_MODULES
+
+    def parse_url_path(self, path: str) -> str:
+        module = path.split("/", 1)[0]
+        if module not in self.modules:
+            log.info("refused %s (not a component resource of this app)", self.request.path)
+            raise HTTPError(404)
+        return super().parse_url_path(path)
 
 
 def create_app(run_dir: str, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pn.viewable.Viewable:
@@ -50,21 +77,27 @@ def serve(
     show: bool = False,
     extra_origins: list[str] | None = None,
     **kwargs,
-) -> None:
+):
     """Serve the app on ``address:port`` until interrupted (127.0.0.1 by default: this machine only).
 
-    Only pages from ``address:port`` (and localhost) may open sessions; ``extra_origins`` adds hosts.
+    Only pages from ``address:port`` (and localhost) may open sessions; ``extra_origins`` adds hosts. Panel's
+    ``/components/`` route is limited to :data:`COMPONENT_MODULES` (see :class:`ComponentRoute`). ``kwargs`` go
+    to :func:`panel.serve` (``threaded=True`` runs the server on a thread and returns it: call ``.stop()``);
+    returns what :func:`panel.serve` returns.
     """
     store = get_store(run_dir)  # load once, before the first session, so errors surface here
     store.xy()
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(extra_origins or [])]
     log.info("serving %s on http://%s:%d", store.root, address, port)
-    pn.serve(
+    # tornado takes the first route that matches: this one comes before Panel's own /components/ route
+    extra_patterns = [(COMPONENT_ROUTE, ComponentRoute, {}), *kwargs.pop("extra_patterns", [])]
+    return pn.serve(
         {"/": lambda: create_app(run_dir)},
         port=port,
         address=address,
         websocket_origin=origins,
         show=show,
         title="dq-ray map",
+        extra_patterns=extra_patterns,
         **kwargs,
     )

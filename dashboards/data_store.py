@@ -5,8 +5,15 @@ browser session. The store reads a column from ``RUN/docs/`` only when a view fi
 coordinates, the colour-by signal, a filtered signal), keeps it as a compact NumPy array (float32 signals, int8
 flags, int32 category codes), and evicts the least recently used columns when the cache passes its memory
 budget. Text and embeddings are never cached; a document's text is read on demand for the drill-down table, from
-``docs/`` when the run kept it, else from the original input file (only files that the run itself read, as
-listed by its per-input receipts).
+``docs/`` when the run kept it, else from the original input file.
+
+What the map serves from input files: a snippet is read from an input only when that file is named by one of the
+run's receipts (``RUN/_shards/*.json``), is a regular file (no FIFO, device or directory), still has the
+receipt's size and its bytes still hash to the receipt's SHA-256 (see :mod:`dq_ray.io.digest`). It is read in the
+receipt's format only (the text field of one JSON line, or the text column of a Parquet row), never as raw bytes.
+A receipt without a digest (a run from an older dq-ray), a changed file or any other mismatch means no snippet
+for that file (one warning in the server log), never an error page. Digests are computed once per file version
+per process.
 
 Columns are discovered from the Parquet schema (:func:`discover_columns`): numbers are signals, booleans are
 flags (``*_pass``, ``*_keep``...), and a few names are categories (``source``, ``topic_id``,
@@ -28,6 +35,7 @@ import functools
 import json
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -40,10 +48,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from dashboards.geometry import geometry_mask, pca_projection, points_in_polygon  # noqa: F401 (re-exported)
+from dashboards.inputs import InputReceipt, RunInputs, RunPathError, read_records  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 #: Rows used to fit the fallback PCA projection of ``embedding``.
-PCA_FIT_ROWS = 50_000
 #: Default memory budget of one store's column cache.
 DEFAULT_MEMORY_BUDGET = 4 << 30
 #: Categories beyond this many (by size) are merged into ``other`` when colouring the map.
@@ -59,8 +69,6 @@ _CATEGORY_SUFFIXES = ("_cluster", "_reason", "_label")
 _NOT_SIGNALS = {"id", "source_file", "source_index", "text", "map_x", "map_y", "embedding"}
 
 
-class RunPathError(ValueError):
-    """A path outside the run directory (or an input the run never read) was asked for."""
 
 
 # -- schema discovery ----------------------------------------------------------------------------------------
@@ -191,7 +199,7 @@ class RunStore:
                 self.projection = f"{a} against {b} (no map_x / map_y or embedding in this run)"
             else:
                 raise ValueError(f"{run_dir}: no map columns, no embedding and fewer than two numeric signals")
-        self._allowed_inputs: set[str] | None = None
+        self._inputs: RunInputs | None = None
 
     # -- paths ----------------------------------------------------------------------------------------------
 
@@ -206,34 +214,48 @@ class RunStore:
         return full
 
     def _read_bytes(self, *parts: str) -> bytes:
-        with open(self.path(*parts), "rb") as fh:
+        """The bytes of a regular file inside the run (:class:`RunPathError` for a FIFO, device or directory)."""
+        full = self.path(*parts)
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, and is refused
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunPathError(f"{os.path.join(*parts)!r} is not a regular file")
             return fh.read()
 
-    def allowed_inputs(self) -> set[str]:
-        """The input files this run read (its receipts in ``_shards/``): the only files snippets may open."""
-        if self._allowed_inputs is None:
-            allowed: set[str] = set()
+    def inputs(self) -> RunInputs:
+        """The input files the run read, from its receipts in ``_shards/`` (read once; see :class:`RunInputs`)."""
+        if self._inputs is None:
+            found = []
             shards = self.path("_shards")
-            if os.path.isdir(shards):
-                for name in sorted(os.listdir(shards)):
-                    if name.endswith(".json"):
-                        receipt = json.loads(self._read_bytes("_shards", name))
-                        if isinstance(receipt.get("path"), str):
-                            allowed.add(_norm_input(receipt["path"]))
-            for p in (self.manifest.get("inputs") or {}).get("paths") or []:
-                if isinstance(p, str):
-                    allowed.add(_norm_input(p))
-            self._allowed_inputs = allowed
-        return self._allowed_inputs
+            for name in sorted(os.listdir(shards)) if os.path.isdir(shards) else []:
+                if not name.endswith(".json"):
+                    continue
+                try:
+                    receipt = InputReceipt.parse(json.loads(self._read_bytes("_shards", name)))
+                except (OSError, ValueError) as exc:  # RunPathError is a ValueError
+                    log.warning("ignoring receipt _shards/%s of %s: %s", name, self.root, exc)
+                    continue
+                if receipt is not None:  # else a completion marker, not a receipt
+                    found.append(receipt)
+            self._inputs = RunInputs(found)
+        return self._inputs
+
+    def allowed_inputs(self) -> set[str]:
+        """The input files this run read (named by its receipts): the only files snippets may open.
+
+        Being listed is necessary, not sufficient: each file is also checked against its receipt
+        (:meth:`verified_input`).
+        """
+        return set(self.inputs().receipts)
 
     def check_input(self, source_file: str) -> str:
-        """``source_file`` if the run read it, else :class:`RunPathError`."""
-        if not isinstance(source_file, str) or "\x00" in source_file:
-            raise RunPathError(f"not an input of this run: {source_file!r}")
-        norm = _norm_input(source_file)
-        if norm not in self.allowed_inputs():
-            raise RunPathError(f"not an input of this run: {source_file!r}")
-        return norm
+        """``source_file`` (normalised) if a receipt of the run names it, else :class:`RunPathError`."""
+        return self.inputs().check(source_file)
+
+    def verified_input(self, path: str) -> str | None:
+        """The format to read ``path`` (a :meth:`check_input` result) in, or None when it must not be opened."""
+        verified = self.inputs().verify(path)
+        return verified[0] if verified else None
 
     # -- the column cache -----------------------------------------------------------------------------------
 
@@ -384,7 +406,7 @@ class RunStore:
         if self.prepared:
             return self.prepared.select(self, filters, bounds, polygon, limit)
         x, y = self.xy()
-        inside = _geometry_mask(x, y, bounds, polygon)
+        inside = geometry_mask(x, y, bounds, polygon)
         m = self.mask(filters)
         if m is not None:
             inside &= m
@@ -423,7 +445,12 @@ class RunStore:
     # -- text, on demand ------------------------------------------------------------------------------------
 
     def snippets(self, rows: pa.Table, chars: int = SNIPPET_CHARS) -> list[str | None]:
-        """The first ``chars`` characters of the text of each row of ``rows`` (from :meth:`select`)."""
+        """The first ``chars`` characters of the text of each row of ``rows`` (from :meth:`select`).
+
+        From ``docs/`` when the run kept the text; else from the input files, each checked against its receipt
+        (:meth:`verified_input`): None for the rows of a file that fails the check. :class:`RunPathError` when a
+        row names a file that no receipt of the run names.
+        """
         ids = rows.column("id").to_pylist()
         if self.columns.has_text and not self.prepared:
             found = self.dataset.to_table(columns=["id", "text"], filter=pc.field("id").isin(ids))
@@ -432,14 +459,18 @@ class RunStore:
         files = rows.column("source_file").to_pylist()
         indices = rows.column("source_index").to_pylist()
         text_field = ((self.manifest.get("config") or {}).get("input") or {}).get("text_field", "text")
+        if not isinstance(text_field, str) or not text_field:
+            text_field = "text"
         out: list[str | None] = [None] * len(ids)
         wanted: dict[str, dict[int, list[int]]] = {}
         for pos, (f, i) in enumerate(zip(files, indices)):
-            path = self.check_input(f)  # RunPathError for anything the run did not read
-            wanted.setdefault(path, {}).setdefault(int(i), []).append(pos)
+            if f is None or not isinstance(i, int) or isinstance(i, bool):
+                continue  # no location, no text
+            path = self.check_input(f)  # RunPathError for anything no receipt names
+            wanted.setdefault(path, {}).setdefault(i, []).append(pos)
         for path, where in wanted.items():
-            for index, text in read_records(path, sorted(where), text_field).items():
-                for pos in where[index]:
+            for index, text in self.inputs().read(path, sorted(where), text_field).items():
+                for pos in where.get(index, ()):
                     out[pos] = _clip(text, chars)
         return out
 
@@ -454,7 +485,11 @@ class RunStore:
             table = self.dataset.to_table(columns=cols, filter=pc.field("id") == doc_id)
         if table.num_rows == 0:
             return None
-        return self.snippets(table.slice(0, 1), chars)[0]
+        try:
+            return self.snippets(table.slice(0, 1), chars)[0]
+        except RunPathError as exc:  # a docs row naming a file no receipt names: a forged or damaged run
+            log.warning("document %r: %s", doc_id, exc)
+            return None
 
     # -- run-level tables -----------------------------------------------------------------------------------
 
@@ -479,10 +514,6 @@ def get_store(run_dir: str | os.PathLike, memory_budget: int = DEFAULT_MEMORY_BU
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def _norm_input(path: str) -> str:
-    return path if "://" in path else os.path.realpath(path)
 
 
 def _nbytes(value: Any) -> int:
@@ -511,118 +542,3 @@ def _clip(text: str | None, chars: int) -> str | None:
         return None
     text = " ".join(text.split())
     return text if len(text) <= chars else text[: chars - 1] + "…"
-
-
-def _geometry_mask(x: np.ndarray, y: np.ndarray, bounds=None, polygon=None) -> np.ndarray:
-    if polygon is not None:
-        poly = np.asarray(list(polygon), dtype=np.float64)
-        if poly.ndim != 2 or poly.shape[0] < 3:
-            return np.zeros(len(x), dtype=bool)
-        x0, y0 = poly.min(axis=0)
-        x1, y1 = poly.max(axis=0)
-        box = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-        idx = np.flatnonzero(box)
-        box[idx] = points_in_polygon(x[idx], y[idx], poly)
-        return box
-    if bounds is not None:
-        x0, y0, x1, y1 = bounds
-        x0, x1 = min(x0, x1), max(x0, x1)
-        y0, y1 = min(y0, y1), max(y0, y1)
-        return (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-    return np.isfinite(x) & np.isfinite(y)
-
-
-def points_in_polygon(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    """Even-odd rule, vectorised over points."""
-    inside = np.zeros(len(x), dtype=bool)
-    px, py = poly[:, 0], poly[:, 1]
-    j = len(poly) - 1
-    for i in range(len(poly)):
-        crosses = (py[i] > y) != (py[j] > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xcross = (px[j] - px[i]) * (y - py[i]) / (py[j] - py[i]) + px[i]
-        inside ^= crosses & (x < xcross)
-        j = i
-    return inside
-
-
-def pca_projection(dataset: pads.Dataset, fit_rows: int = PCA_FIT_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Project ``embedding`` onto its first two principal components (fitted on the first ``fit_rows`` rows).
-
-    The fallback map of a run without ``map_x`` / ``map_y``; streamed batch by batch, so only the two output
-    columns are held for every row.
-    """
-    sample = []
-    got = 0
-    for batch in dataset.to_batches(columns=["embedding"]):
-        sample.append(_embedding_matrix(batch.column(0)))
-        got += batch.num_rows
-        if got >= fit_rows:
-            break
-    fit = np.concatenate(sample)[:fit_rows].astype(np.float64)
-    mean = fit.mean(axis=0)
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    comps = vt[:2].T
-    xs, ys = [], []
-    for batch in dataset.to_batches(columns=["embedding"]):
-        xy = (_embedding_matrix(batch.column(0)) - mean) @ comps
-        xs.append(xy[:, 0].astype(np.float32))
-        ys.append(xy[:, 1].astype(np.float32))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _embedding_matrix(col: pa.Array) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
-    if dim is None:
-        return np.asarray(col.to_pylist(), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
-
-
-def read_records(path: str, indices: list[int], text_field: str = "text") -> dict[int, str | None]:
-    """The text of the records at ``indices`` (1-based lines for JSONL, 0-based rows for Parquet) of one input.
-
-    ``path`` must already be checked (:meth:`RunStore.check_input`). Reads only what it needs: a JSONL file up
-    to the last wanted line, a Parquet file only the row groups holding the wanted rows.
-    """
-    from dq_ray.io.readers import format_of, open_lines
-
-    want = set(indices)
-    out: dict[int, str | None] = {}
-    fmt = format_of(path)
-    if fmt == "parquet":
-        import fsspec
-
-        with fsspec.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            start = 0
-            for rg in range(pf.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
-                hits = [i for i in want if start <= i < start + n]
-                if hits:
-                    col = pf.read_row_group(rg, columns=[text_field]).column(0)
-                    for i in hits:
-                        out[i] = _as_text(col[i - start].as_py())
-                start += n
-        return out
-    last = max(want) if want else 0
-    with open_lines(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if lineno in want:
-                try:
-                    out[lineno] = _as_text(json.loads(line).get(text_field))
-                except (ValueError, AttributeError):
-                    out[lineno] = None
-            if lineno >= last:
-                break
-    return out
-
-
-def _as_text(v: Any) -> str | None:
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
-    return str(v)

@@ -358,7 +358,7 @@ class WhatIfPanel:
         if self.yaml.value.strip():
             import yaml
 
-            from dq_ray.select import parse_policy
+            from dq_ray.select.policy import parse_policy
 
             data = yaml.safe_load(self.yaml.value)
             if isinstance(data, dict) and "selection" in data:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dq_ray.select import (
+from dq_ray.select.policy import (
     DensitySampleRule,
     FilterRule,
     Policy,

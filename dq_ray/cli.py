@@ -131,7 +131,7 @@ def validate(config: str, inputs, output, overrides) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(cfg.to_dict(), indent=2, default=str))
     click.echo(f"\n{len(files)} input file(s), {sum(f.size for f in files):,} bytes")
-    from dq_ray.preference import shape_columns
+    from dq_ray.io.shapes import shape_columns
 
     reader_cols = list(READER_COLUMNS) + list(shape_columns(cfg.input.shape)) + list(cfg.input.keep_fields)
     click.echo(f"reader -> {', '.join(reader_cols)}")
@@ -144,7 +144,7 @@ def validate(config: str, inputs, output, overrides) -> None:
 @main.command()
 def stages() -> None:
     """List the registered stages: name, what they read, what they add."""
-    from dq_ray.stage import registry
+    from dq_ray.stages import registry
 
     for name, cls in sorted(registry().items()):
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
@@ -177,7 +177,7 @@ def demo_corpus(out_dir: str, seed: int) -> None:
 def demo_preference(out_dir: str, seed: int) -> None:
     """Build the demo preference set: pairs constructed from real text (Wikipedia leads vs tweets)."""
     from dq_ray.demo import MissingDemoData
-    from dq_ray.demo_preference import PreferenceSizes, build_preference_set
+    from dq_ray.demo.preference import PreferenceSizes, build_preference_set
 
     try:
         summary = build_preference_set(out_dir, PreferenceSizes(), seed)
@@ -224,7 +224,7 @@ def dashboard(run_dir: str, port: int, address: str, origins, show: bool, verbos
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
 def dashboard_prepare(run_dir: str, base_level: int, sample_rows: int, tile_level: int | None, verbose: bool) -> None:
     """Write RUN/dashboard/ (spatial tiles + pyramid) so the map scales beyond memory (a Ray Data job)."""
-    from dashboards.pyramid import prepare
+    from dashboards.prepare import prepare
     from dq_ray.config import RayConfig
     from dq_ray.pipeline import ray_session
 
@@ -272,7 +272,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
         for col, label in found:
             lines.append(f"{label + ':':<28}{flags[col]['false']:>7,} not kept ({col} = false)")
     pairs = (manifest.get("summaries") or {}).get("pairs")
-    if pairs:  # preference data: the share of each pair flag (dq_ray.preference_summary)
+    if pairs:  # preference data: the share of each pair flag (dq_ray.stages._pair_summary)
         lb = pairs.get("length_bias") or {}
         share = lb.get("chosen_longer_share")
         longer = "n/a" if share is None else f"{share:.1%}"

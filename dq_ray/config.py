@@ -25,11 +25,16 @@ from typing import Any
 import yaml
 
 from dq_ray.errors import ConfigError
-from dq_ray.preference import shape_columns
-from dq_ray.stage import Resources, Stage, get_stage, registry
-from dq_ray.typed import build_dataclass
+from dq_ray.io.input_config import INPUT_FORMATS, READER_COLUMNS, InputConfig
+from dq_ray.io.shapes import shape_columns
+from dq_ray.stage import Resources, Stage
+from dq_ray.stages import get_stage, registry
+from dq_ray.typed import build_dataclass, load_yaml
 
-__all__ = [  # ConfigError and build_dataclass live in dq_ray.errors / dq_ray.typed; re-exported for users
+__all__ = [  # re-exported for users: ConfigError (dq_ray.errors), build_dataclass (dq_ray.typed), and
+    # InputConfig, READER_COLUMNS, INPUT_FORMATS (dq_ray.io.input_config)
+    "INPUT_FORMATS",
+    "READER_COLUMNS",
     "ConfigError",
     "InputConfig",
     "JobConfig",
@@ -40,56 +45,6 @@ __all__ = [  # ConfigError and build_dataclass live in dq_ray.errors / dq_ray.ty
     "load_config",
     "set_override",
 ]
-
-#: Columns every document has when it leaves the reader.
-READER_COLUMNS = ("id", "text", "source_file", "source_index")
-
-INPUT_FORMATS = ("auto", "jsonl", "parquet")
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """Where documents come from.
-
-    Attributes:
-        paths: files, directories or globs; local paths or any fsspec URL (``s3://``, ``gs://``...).
-        format: ``jsonl`` (also ``.jsonl.gz`` / ``.jsonl.zst``), ``parquet``, or ``auto`` (by file suffix).
-        text_field: the field holding the document text.
-        id_field: the field holding the document id; a record without one gets a deterministic id.
-        keep_fields: extra input fields copied (as strings) into ``docs/`` (e.g. ``url``, ``source``).
-        max_text_bytes: documents whose UTF-8 text is longer are rejected with reason ``text_too_large``.
-        max_raw_bytes: how much of a rejected record's raw content ``rejected/`` keeps.
-        batch_rows: rows per batch emitted by a reader.
-        shape: the record shape: ``text`` (documents), or the preference / instruction shapes ``dpo``
-            (prompt, chosen, rejected), ``kto`` (prompt, completion, label) and ``sft`` (instruction,
-            response); see :mod:`dq_ray.preference`.
-        fields: field names of the shape's roles where they differ from the defaults
-            (e.g. ``{prompt: question, chosen: answer_a}``).
-    """
-
-    paths: tuple[str, ...] = ()
-    format: str = "auto"
-    text_field: str = "text"
-    id_field: str = "id"
-    keep_fields: tuple[str, ...] = ()
-    max_text_bytes: int = 1_048_576
-    max_raw_bytes: int = 65_536
-    batch_rows: int = 500
-    shape: str = "text"
-    fields: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from dq_ray.preference import check_shape
-
-        check_shape(self.shape, self.fields)
-        if self.format not in INPUT_FORMATS:
-            raise ConfigError(f"input.format: {self.format!r} is not one of {', '.join(INPUT_FORMATS)}")
-        for key in ("max_text_bytes", "max_raw_bytes", "batch_rows"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"input.{key} must be >= 1")
-        clash = set(self.keep_fields) & (set(READER_COLUMNS) | set(shape_columns(self.shape)))
-        if clash:
-            raise ConfigError(f"input.keep_fields may not name reader columns: {sorted(clash)}")
 
 
 @dataclass(frozen=True)
@@ -281,15 +236,7 @@ def load_config(
     elif isinstance(source, dict):
         data = yaml.safe_load(yaml.safe_dump(source))  # a deep, plain copy
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping with input/output/ray/stages")
+        data = load_yaml(source, "config")
     for assignment in overrides:
         set_override(data, assignment)
     if inputs:
@@ -320,7 +267,7 @@ def load_config(
 
 def _build_selection(cfg: JobConfig, data: Any) -> Any:
     """The ``selection:`` policy, its rule columns checked against what the reader and the stages produce."""
-    from dq_ray.select import check_columns, parse_policy
+    from dq_ray.select.policy import check_columns, parse_policy
 
     policy = parse_policy(data, "selection")
     available = list(READER_COLUMNS) + list(shape_columns(cfg.input.shape)) + list(cfg.input.keep_fields)

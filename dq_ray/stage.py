@@ -7,7 +7,7 @@ is pure and can be unit-tested without Ray.
 
 A stage that also needs every row sharing a key in one place (exact duplicates, for example) sets
 ``group_key`` and implements :meth:`Stage.process_groups`: after the per-batch map the pipeline shuffles rows
-into hash buckets of that key (a Ray groupby) and hands each bucket over whole. ``pipeline.py`` is the only
+into hash buckets of that key (a Ray groupby) and hands each bucket over whole. ``dq_ray.pipeline`` is the only
 module that turns stages into Ray Data operators.
 
 Global signals (an index, centroids, duplicate components) follow **fit / apply**: a stage that overrides
@@ -16,7 +16,8 @@ a deterministic sample, or the whole dataset for distributed fits). ``fit`` writ
 ``RUN/artifacts/<stage>/`` and returns what the manifest should record; then the stage is set up in every
 worker with ``self.artifacts_dir`` pointing there and maps over every row like any other stage.
 
-Adding a signal is one file in ``dq_ray/stages/``::
+Adding a signal is one file in ``dq_ray/stages/`` (named after the stage, and imported by that package's
+``__init__``, whose :func:`~dq_ray.stages.registry` and :func:`~dq_ray.stages.get_stage` answer by name)::
 
     @register
     class Shout(Stage):
@@ -39,6 +40,10 @@ from typing import Any, ClassVar, Protocol
 import pyarrow as pa
 
 from dq_ray.artifacts import sign_artifacts
+
+#: The columns that locate a document in the input (its file and its record number there): the record key every
+#: document carries, unique within a run even where ``id`` repeats.
+KEY_COLUMNS = ("source_file", "source_index")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,14 @@ class Stage:
         """What the manifest records about this stage (its settings; subclasses may add model names...)."""
         return {"params": dataclasses.asdict(self.params)}
 
+    def summarise_run(self, run: Any) -> dict[str, Any] | None:
+        """A dataset-level summary of this stage over the finished run (``run``: the run directory, a
+        :class:`~dq_ray.io.RunDir`), recorded as the manifest's ``summaries.<stage>``; None (the default) for none.
+
+        Called on the driver for every stage once ``docs/`` is complete (e.g. pairs, askllm override it).
+        """
+        return None
+
 
 def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     """Append (or replace) columns on a table, keeping their declared order."""
@@ -197,31 +210,19 @@ def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     return batch
 
 
-_REGISTRY: dict[str, type[Stage]] = {}
+#: Every stage class registered so far, by registry name (filled by :func:`register`). Read it through
+#: :func:`dq_ray.stages.registry`, which imports the built-in stages first; this module imports none.
+REGISTERED: dict[str, type[Stage]] = {}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage available to configs under ``cls.name``."""
+    """Class decorator: make a stage available to configs under ``cls.name`` (records it in :data:`REGISTERED`)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"stage name {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
+    if cls.name in REGISTERED and REGISTERED[cls.name] is not cls:
+        raise ValueError(f"stage name {cls.name!r} is already registered by {REGISTERED[cls.name].__name__}")
+    REGISTERED[cls.name] = cls
     return cls
-
-
-def registry() -> dict[str, type[Stage]]:
-    """All registered stages by name (importing the built-in stage modules first)."""
-    from dq_ray import stages  # noqa: F401  (registers the built-ins)
-
-    return dict(_REGISTRY)
-
-
-def get_stage(name: str) -> type[Stage]:
-    stages = registry()
-    if name not in stages:
-        raise KeyError(f"unknown stage {name!r}; valid stages: {', '.join(sorted(stages))}")
-    return stages[name]
 
 
 class TableFitData:

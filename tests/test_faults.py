@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dq_ray.config import ConfigError, load_config
-from dq_ray.faults import ENV, parse_faults
 from dq_ray.pipeline import run_job
+from dq_ray.pipeline.faults import ENV, parse_faults
 from dq_ray.stage import Stage, append_columns, register
 
 

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from dq_ray.config import InputConfig
 from dq_ray.io import (
     REJECT_REASONS,
     REJECTED_SCHEMA,
+    InputConfig,
     InputError,
     RunDir,
     RunExistsError,

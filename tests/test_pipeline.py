@@ -123,7 +123,8 @@ def test_refuses_to_overwrite_then_overwrites(run, ray_local, tiny_corpus):
 def test_actor_stages_leave_cpus_for_tasks():
     """Two 1-CPU model stages in one phase on 2 CPUs would hold both CPUs and starve the reads: they shrink."""
     from dq_ray.pipeline import HELPER_CPUS, READ_CPUS, phases_of, share_cpus
-    from dq_ray.stage import Resources, get_stage
+    from dq_ray.stage import Resources
+    from dq_ray.stages import get_stage
 
     stages = [get_stage("heuristics")(), get_stage("embed")(), get_stage("embed")()]
     resources = [Resources(num_cpus=1), Resources(num_cpus=1), Resources(num_cpus=1)]
@@ -147,7 +148,7 @@ def test_blocks_are_no_larger_than_the_smallest_batch_of_their_phase(tmp_path):
     """Ray Data hands whole blocks to an actor: a block larger than the batch would leave the pool's other
     actors idle, so a phase reads its input in blocks of its smallest batch (at most ``input.batch_rows``)."""
     from dq_ray.pipeline import Plan
-    from dq_ray.stage import get_stage
+    from dq_ray.stages import get_stage
 
     def plan(embed_batch):
         cfg = load_config(

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dq_ray.config import load_config
-from dq_ray.pipeline import ParquetFitData, run_job, segments_of
+from dq_ray.pipeline import ParquetFitData, phases_of, run_job
 from dq_ray.stage import Stage, append_columns, register
 
 
@@ -48,7 +48,9 @@ class RelativeLength(Stage):
 
 def test_segments_split_before_fit_stages():
     cfg = load_config({"input": {"paths": ["x"]}, "stages": ["heuristics", "test_relative_length", "exact_dedup"]})
-    assert segments_of(cfg.stages) == [[0], [1, 2]]
+    phases = phases_of([sc.build() for sc in cfg.stages])
+    assert [ph.fit for ph in phases] == [None, 1, None]  # cut right before the stage with a fit
+    assert [ph.stages for ph in phases] == [[0], [1, 2], []]  # the last: exact_dedup's groupby (no map stage)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dq_ray.config import ConfigError, InputConfig, load_config
-from dq_ray.demo_preference import PreferenceSizes, build_preference_set
+from dq_ray.demo.preference import PreferenceSizes, build_preference_set
 from dq_ray.io import REJECT_REASONS, InputFile, ShardResult, discover_inputs, read_shard
-from dq_ray.preference import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader, render_messages
+from dq_ray.io.shapes import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader, render_messages
 
 TINY_PREF = PreferenceSizes(
     good=8, parquet=4, reversed=4, identical=3, near=3, length=4, dup_prompt=3, chat=3, kto=6, sft=4

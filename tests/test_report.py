@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dq_ray.report import coverage, distribution, quality_summary, write_report
 from dq_ray.select import DensitySampleRule, FilterRule, Policy, TopicQuotaRule, evaluate
+from dq_ray.select.report import coverage, distribution, quality_summary, write_report
 
 N = 400
 

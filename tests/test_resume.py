@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from dq_ray.config import load_config
-from dq_ray.faults import ENV
 from dq_ray.io import RunExistsError
 from dq_ray.pipeline import run_job
+from dq_ray.pipeline.faults import ENV
 
 REPO = Path(__file__).resolve().parents[1]
 

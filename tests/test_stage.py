@@ -1,7 +1,8 @@
 import pyarrow as pa
 import pytest
 
-from dq_ray.stage import Resources, Stage, append_columns, get_stage, register, registry
+from dq_ray.stage import Resources, Stage, append_columns, register
+from dq_ray.stages import get_stage, registry
 
 
 def test_builtin_stages_are_registered():

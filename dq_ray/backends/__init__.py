@@ -27,11 +27,21 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "sentence-transformers", "onnx", "vllm")
+# -- the valid choices of every engine setting, defined here once ------------------------------------------
+#: Embedding engines (``backend`` of the ``embed`` and ``pairs`` stages; this module).
+EMBED_BACKENDS = ("auto", "sentence-transformers", "onnx", "vllm")
+#: LLM engines (``backend`` of the ``askllm`` stages and the ``pairs`` judge; :mod:`dq_ray.backends.llm`).
+LLM_BACKENDS = ("auto", "transformers", "vllm")
+#: Where an engine runs (``device``), for embedding and LLM engines alike.
 DEVICES = ("auto", "cpu", "cuda")
+#: Element types of the ``embedding`` column (``embed.dtype``): the NumPy and the Arrow type of each.
+EMBED_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+#: Types an LLM is loaded in (``askllm.dtype``; :mod:`dq_ray.backends.llm_transformers`).
+LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 #: The Python module each engine needs, and the line that installs it.
 REQUIREMENTS: dict[str, tuple[str, str]] = {
@@ -135,8 +145,8 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
     GPU is present). ``auto`` device: ``cuda`` when a GPU is present, else ``cpu`` (for ``onnx``: when
     onnxruntime has its CUDA provider). vLLM always runs on CUDA.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend not in EMBED_BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(EMBED_BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     if backend == "onnx":  # onnxruntime brings its own CUDA support (onnxruntime-gpu), torch or not

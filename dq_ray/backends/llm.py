@@ -33,12 +33,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dq_ray.backends import MissingEngine, cuda_available, has_module
+from dq_ray.backends import DEVICES, LLM_BACKENDS, MissingEngine, cuda_available, has_module
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "transformers", "vllm")
-DEVICES = ("auto", "cpu", "cuda")
 
 #: The Python module each engine needs, and the line that installs it.
 REQUIREMENTS: dict[str, tuple[str, str]] = {
@@ -94,8 +91,8 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
     ``auto`` backend: ``vllm`` when a GPU and vllm are present, else ``transformers``. ``auto`` device: ``cuda``
     when a GPU is present, else ``cpu``. vLLM always runs on CUDA.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown LLM backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend not in LLM_BACKENDS:
+        raise ValueError(f"unknown LLM backend {backend!r}; valid: {', '.join(LLM_BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     gpu = device != "cpu" and cuda_available()

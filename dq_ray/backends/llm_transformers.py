@@ -12,9 +12,9 @@ import logging
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from dq_ray.backends import LLM_DTYPES
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+log = logging.getLogger(__name__)
 
 
 class TransformersEngine:
@@ -36,8 +36,8 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype not in LLM_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(LLM_DTYPES)}")
         if num_threads:
             torch.set_num_threads(num_threads)
         torch_dtype = (torch.float32 if device == "cpu" else "auto") if dtype == "auto" else getattr(torch, dtype)

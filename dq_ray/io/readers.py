@@ -20,25 +20,15 @@ credentials in an input URL stay in memory (``InputFile.path``) and never reach 
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import dataclasses
-import datetime as dt
 import decimal
-import email.utils
-import glob as globlib
 import itertools
 import json
 import logging
-import lzma
 import math
-import os
-import posixpath
 import re
-import stat
-import urllib.parse
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,26 +36,35 @@ import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
-from dq_ray.config import ConfigError, InputConfig
-from dq_ray.io.digest import HashingReader, file_sha256
-from dq_ray.io.redact import redact_url
-from dq_ray.preference import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader
+from dq_ray.io.digest import file_sha256
+from dq_ray.io.discover import (  # noqa: F401  (re-exported: the reader's public names in one place)
+    COMPRESSION_SUFFIXES,
+    JSONL_SUFFIXES,
+    LINE_ONLY_SUFFIXES,
+    PARQUET_SUFFIXES,
+    InputError,
+    InputFile,
+    changed_inputs,
+    discover_inputs,
+    format_of,
+    info_mtime,
+    line_only,
+    qualify,
+)
+from dq_ray.io.input_config import InputConfig
+from dq_ray.io.redact import redact_url, scrub
+from dq_ray.io.shapes import PREF_COLUMNS, SHAPE_REJECT_REASONS, ShapeReader
+from dq_ray.io.streams import BOM, READ_CHUNK, RawStream, TruncatedInput, open_lines, open_raw  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-LINE_ONLY_SUFFIXES = (".jsonl", ".ndjson")  # never read as one JSON array, whatever the content
-COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 #: A file holding one top-level JSON array is parsed whole: it may hold at most this many (decompressed)
 #: bytes per byte of ``input.max_text_bytes``, and never more than :data:`MAX_ARRAY_BYTES`.
 ARRAY_BYTES_PER_TEXT_BYTE = 256
 MAX_ARRAY_BYTES = 2 << 30
 
-READ_CHUNK = 1 << 20
 
 #: Why a record was rejected (the ``reason`` column of ``rejected/``); ``detail`` says more.
 REJECT_REASONS = {
@@ -80,7 +79,7 @@ REJECT_REASONS = {
     "corrupt_file": "the file could not be read to its end (truncated or corrupt); earlier records are kept",
     "not_a_regular_file": "a FIFO, socket, device or broken link found in an input directory; never opened",
     "array_too_large": "a top-level JSON array file is larger than the limit for files parsed whole",
-    **SHAPE_REJECT_REASONS,  # preference / instruction shapes (input.shape), see dq_ray.preference
+    **SHAPE_REJECT_REASONS,  # preference / instruction shapes (input.shape), see dq_ray.io.shapes
 }
 
 REJECTED_SCHEMA = pa.schema(
@@ -96,262 +95,6 @@ REJECTED_SCHEMA = pa.schema(
         ("raw_bytes", pa.binary()),
     ]
 )
-
-
-class InputError(ConfigError):
-    """An input path that cannot be read at all (raised before any work starts)."""
-
-
-# -- keeping credentials out of what is stored -----------------------------------------------------------
-
-_URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
-
-
-def _secrets_of(path: str) -> list[str]:
-    """The credential strings of a URL: its user info and the query values :func:`redact_url` hides."""
-    if "://" not in path:
-        return []
-    try:
-        parts = urllib.parse.urlsplit(path)
-        hidden = urllib.parse.urlsplit(redact_url(path))
-    except ValueError:
-        return []
-    found = [parts.username or "", parts.password or ""] if "@" in parts.netloc else []
-    raw_pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    red_pairs = urllib.parse.parse_qsl(hidden.query, keep_blank_values=True)
-    found += [v for (_, v), (_, r) in zip(raw_pairs, red_pairs) if r == "***" and v != "***"]
-    out: set[str] = set()
-    for value in found:
-        if len(value) >= 3:  # shorter ones would mangle every message and hide nothing
-            out |= {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}
-    return sorted(out, key=len, reverse=True)
-
-
-def scrub(message: str, path: str) -> str:
-    """``message`` (an error text, say) with ``path`` and any URL in it passed through ``redact_url``.
-
-    The raw ``path`` is replaced by its redacted form, then every credential of ``path`` (password, secret
-    query values, also percent-encoded) by ``***``, then every URL-looking token by its redacted form.
-    """
-    if path and path in message:
-        message = message.replace(path, redact_url(path))
-    for secret in _secrets_of(path):
-        message = message.replace(secret, "***")
-    return _URL_TOKEN.sub(lambda m: redact_url(m.group(0)), message)
-
-
-def _without_query(path: str) -> str:
-    """A URL without its query string and fragment (a plain path as it is)."""
-    if "://" not in path:
-        return path
-    return path.split("?", 1)[0].split("#", 1)[0]
-
-
-# -- discovery -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input shard: a file, its format, and the name used in generated ids.
-
-    ``path`` is the only place a URL's credentials are kept (to open the file); everything stored uses
-    ``redact_url(path)``. ``problem`` is set for an entry that must never be opened (a FIFO, socket, device
-    or broken link found in an input directory): reading it gives one ``not_a_regular_file`` rejection.
-    """
-
-    path: str  # what fsspec opens (protocol-qualified unless local)
-    format: str  # "jsonl" | "parquet"
-    name: str  # path relative to the input root it was found under (no URL query: no credentials)
-    size: int = 0  # bytes on storage (compressed size for compressed files)
-    mtime: float | None = None  # modification time (Unix seconds) from the filesystem, when it has one
-    problem: str | None = None  # why the entry is not a regular file (then it is never opened)
-
-
-def format_of(path: str) -> str | None:
-    """``"jsonl"``, ``"parquet"`` or None, from the file name (a URL's query string is ignored)."""
-    lower = _without_query(path).lower()
-    for comp in COMPRESSION_SUFFIXES:
-        if lower.endswith(comp):
-            lower = lower[: -len(comp)]
-            break
-    if lower.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if lower.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return None
-
-
-def _line_only(path: str) -> bool:
-    """Whether the name says JSON Lines outright (``.jsonl``, ``.ndjson``): never read as one JSON array."""
-    lower = _without_query(path).lower()
-    for comp in COMPRESSION_SUFFIXES:
-        if lower.endswith(comp):
-            lower = lower[: -len(comp)]
-            break
-    return lower.endswith(LINE_ONLY_SUFFIXES)
-
-
-def qualify(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """``path`` as fsspec opens it from anywhere: protocol-qualified unless it is local."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
-
-
-def _protocol(fs: fsspec.AbstractFileSystem) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-
-def info_mtime(info: dict[str, Any]) -> float | None:
-    """The modification time (Unix seconds) in an fsspec ``info`` dict, or None when it has none.
-
-    Local files have ``mtime``; S3 ``LastModified``; GCS ``updated``; HTTP ``Last-Modified``.
-    """
-    for key in ("mtime", "LastModified", "last_modified", "Last-Modified", "updated"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, dt.datetime):
-            return value.timestamp()
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError, TypeError):
-                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            with contextlib.suppress(ValueError, TypeError, IndexError):
-                return email.utils.parsedate_to_datetime(value).timestamp()
-    return None
-
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a directory"),
-)
-
-
-def _entry_state(
-    fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]
-) -> tuple[int, float | None, str | None]:
-    """``(size, mtime, problem)`` of a listed entry; ``problem`` says why it is not a regular file.
-
-    Local entries are checked with ``os.stat`` (symbolic links followed), others by their ``type``.
-    """
-    if isinstance(fs, LocalFileSystem):
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            return 0, None, f"cannot be opened ({exc.strerror}; a broken symbolic link?), not a regular file"
-        if stat.S_ISREG(st.st_mode):
-            return st.st_size, st.st_mtime, None
-        kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "a special file")
-        return st.st_size, st.st_mtime, f"{kind}, not a regular file"
-    kind = info.get("type")
-    problem = None if kind in ("file", None) else f"of type {kind!r}, not a regular file"
-    return int(info.get("size") or 0), info_mtime(info), problem
-
-
-def _is_dir(fs: fsspec.AbstractFileSystem, root: str) -> bool:
-    if _protocol(fs) in ("http", "https"):  # isdir would download the file to look for links in it
-        try:
-            return fs.info(root).get("type") == "directory"
-        except FileNotFoundError:
-            return False
-    return fs.isdir(root)
-
-
-def discover_inputs(cfg: InputConfig) -> list[InputFile]:
-    """Expand ``cfg.paths`` (files, directories, globs) into input files. Raises :class:`InputError` early.
-
-    A path given explicitly must be a regular file (a FIFO would block the reader forever); a FIFO, socket,
-    device or broken link inside an input directory (or matched by a glob) is kept as an :class:`InputFile`
-    with ``problem`` set, which reading turns into one ``not_a_regular_file`` rejection without opening it.
-    Errors never show a URL's credentials.
-    """
-    found: dict[str, InputFile] = {}
-    for raw in cfg.paths:
-        try:
-            _discover_one(cfg, raw, found)
-        except InputError:
-            raise
-        except Exception as exc:  # listing failed: network, permissions... (without the credentials)
-            detail = scrub(f"{type(exc).__name__}: {exc}", raw)
-            raise InputError(f"cannot list input {redact_url(raw)!r}: {detail}") from None
-    files = sorted(found.values(), key=lambda f: f.path)
-    # generated ids use the file name under its root; fall back to the full path if two roots collide
-    names = [f.name for f in files]
-    if len(set(names)) != len(names):
-        files = [dataclasses.replace(f, name=redact_url(_without_query(f.path))) for f in files]
-    return files
-
-
-def _discover_one(cfg: InputConfig, raw: str, found: dict[str, InputFile]) -> None:
-    shown = redact_url(raw)
-    fs, root = fsspec.core.url_to_fs(raw)
-    pattern = root.split("?", 1)[0] if _protocol(fs) in ("http", "https") else root  # "?" starts a query
-    if globlib.has_magic(pattern):
-        matches = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") != "directory"}
-        base = root[: min(root.find(c) for c in "*?[" if c in root)].rsplit("/", 1)[0]
-        if not matches:
-            raise InputError(f"input glob {shown!r} matches no file")
-        explicit = "glob"
-    elif _is_dir(fs, root):
-        matches = fs.find(root, detail=True)
-        base = root.rstrip("/")
-        explicit = ""
-    elif fs.exists(root):
-        matches, base, explicit = {root: fs.info(root)}, "", "path"
-    else:
-        raise InputError(f"input path {shown!r} does not exist")
-    kept = 0
-    for path, info in sorted(matches.items()):
-        leaf = posixpath.basename(_without_query(path))
-        if leaf.startswith((".", "_")):
-            continue  # hidden files and markers such as _SUCCESS
-        fmt = cfg.format if cfg.format != "auto" else format_of(path)
-        if fmt is None:
-            if explicit:
-                raise InputError(
-                    f"cannot tell the format of {redact_url(path)!r} from its name; name it .jsonl[.gz|.zst] or "
-                    f".parquet, or set input.format to jsonl or parquet"
-                )
-            log.info("skipping %s: not a JSONL or Parquet file name", redact_url(path))
-            continue
-        size, mtime, problem = _entry_state(fs, path, info)
-        if problem is not None and explicit == "path":
-            raise InputError(f"input path {shown!r} is {problem}: give a file (reading it could block forever)")
-        name = posixpath.relpath(_without_query(path), base) if base else leaf
-        qualified = qualify(fs, path)
-        found.setdefault(qualified, InputFile(qualified, fmt, name, size, mtime, problem))
-        kept += 1
-    if not kept:
-        raise InputError(f"input {shown!r} holds no JSONL or Parquet file")
-
-
-def changed_inputs(files: list[InputFile], receipts: dict[str, dict]) -> list[str]:
-    """The inputs that changed since their receipts were written (``--resume`` refuses to mix them).
-
-    ``receipts`` are keyed by their ``path`` (the redacted path, as stored). A file changed when its size,
-    or its modification time where both the receipt and the filesystem have one, differs from the receipt.
-    A file without a receipt, or whose receipt has no size (older runs), counts as unchanged. Returns the
-    redacted paths (the receipts' keys).
-    """
-    changed = []
-    for f in files:
-        key = redact_url(f.path)
-        receipt = receipts.get(key)
-        if receipt is None:
-            receipt = receipts.get(f.path)
-        if not receipt or receipt.get("size") is None:
-            continue
-        if int(receipt["size"]) != int(f.size):
-            changed.append(key)
-        elif receipt.get("mtime") is not None and f.mtime is not None and float(receipt["mtime"]) != float(f.mtime):
-            changed.append(key)
-    return changed
 
 
 # -- reading ---------------------------------------------------------------------------------------------
@@ -544,7 +287,7 @@ class _Batcher:
         problem = None
         pref = None
         raw_bytes = None
-        if self.shape is not None:  # a preference shape: the prompt is the text (dq_ray.preference)
+        if self.shape is not None:  # a preference shape: the prompt is the text (dq_ray.io.shapes)
             pref = self.shape.parse(record)
             if not isinstance(pref, dict):
                 self.reject(index, pref.reason, pref.detail, raw() if callable(raw) else raw, doc_id)
@@ -594,148 +337,6 @@ class _Batcher:
         return table
 
 
-# -- raw streams: content-sniffed decompression, hashing as it reads ------------------------------------
-
-
-class TruncatedInput(IOError):
-    """A compressed stream ended in the middle of a frame (or member)."""
-
-
-_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
-    "gzip": lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS),  # checks the CRC and length trailer
-    "bz2": bz2.BZ2Decompressor,
-    "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
-}
-
-
-def _zstd_decompressor() -> Any:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompressobj()
-
-
-_DECOMPRESSORS["zstd"] = _zstd_decompressor
-
-BOM = b"\xef\xbb\xbf"
-
-
-def sniff_compression(head: bytes) -> str | None:
-    """The compression of a stream from its first bytes: ``gzip``, ``zstd``, ``bz2``, ``xz`` or None."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if len(head) >= 4 and head.startswith(b"BZh") and head[3:4] in b"123456789":
-        return "bz2"
-    return None
-
-
-def _decompress(chunks: Iterable[bytes], kind: str) -> Iterator[bytes]:
-    """Decompress a (multi-member / multi-frame) stream; raises :class:`TruncatedInput` if it stops mid-way.
-
-    (A stream reader would return a short read on a truncated file instead of failing, and would lose the
-    data decompressed by its last call; this yields everything decompressed before the cut.) Zero bytes
-    between or after members (padding) are skipped.
-    """
-    make = _DECOMPRESSORS[kind]
-    dobj = make()
-    in_stream = False
-    for chunk in chunks:
-        while chunk:
-            if not in_stream:
-                chunk = chunk.lstrip(b"\0")
-                if not chunk:
-                    break
-            in_stream = True
-            out = dobj.decompress(chunk)
-            chunk = b""
-            if out:
-                yield out
-            if dobj.eof:
-                chunk = dobj.unused_data
-                dobj = make()
-                in_stream = False
-    if in_stream:
-        raise TruncatedInput(f"{kind} stream ends in the middle of a frame (truncated file?)")
-
-
-def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines (each with its ``\\n``, the last one maybe without) of a stream of byte chunks."""
-    pending: list[bytes] = []
-    for chunk in chunks:
-        start = 0
-        while (nl := chunk.find(b"\n", start)) >= 0:
-            if pending:
-                pending.append(chunk[start : nl + 1])
-                yield b"".join(pending)
-                pending = []
-            else:
-                yield chunk[start : nl + 1]
-            start = nl + 1
-        if start < len(chunk):
-            pending.append(chunk[start:])
-    if pending:
-        yield b"".join(pending)
-
-
-def _strip_bom(lines: Iterator[bytes]) -> Iterator[bytes]:
-    first = next(lines, None)
-    if first is None:
-        return
-    yield first[len(BOM) :] if first.startswith(BOM) else first
-    yield from lines
-
-
-class _RawStream:
-    """One raw input file: its bytes are hashed as they are read, decompressed by what their content is."""
-
-    def __init__(self, fh: Any) -> None:
-        self.hashing = HashingReader(fh)
-        self.head = self.hashing.read(8)
-        self.compression = sniff_compression(self.head)
-
-    def raw_chunks(self) -> Iterator[bytes]:
-        if self.head:
-            yield self.head
-        while chunk := self.hashing.read(READ_CHUNK):
-            yield chunk
-
-    def chunks(self) -> Iterator[bytes]:
-        """The decompressed content, in chunks."""
-        if self.compression is None:
-            return self.raw_chunks()
-        return _decompress(self.raw_chunks(), self.compression)
-
-    def lines(self) -> Iterator[bytes]:
-        """The content's lines (raw bytes, a leading UTF-8 BOM removed)."""
-        return _strip_bom(_split_lines(self.chunks()))
-
-    def finish(self) -> tuple[int, str]:
-        """Read the rest of the raw file; ``(bytes read, SHA-256 hex)`` of all of it."""
-        digest = self.hashing.finish()
-        return self.hashing.bytes_read, digest
-
-
-@contextlib.contextmanager
-def _open_raw(path: str) -> Iterator[_RawStream]:
-    with fsspec.open(path, "rb") as fh:  # no compression here: the content says which
-        yield _RawStream(fh)
-
-
-@contextlib.contextmanager
-def open_lines(path: str) -> Iterator[Iterator[bytes]]:
-    """Open a (possibly compressed) text file and give an iterator over its raw lines.
-
-    The compression (gzip, zstd, bz2, xz or none) is told by the content, not by the name; a leading UTF-8
-    byte order mark is removed. A truncated compressed stream raises at its end (:class:`TruncatedInput` or
-    ``EOFError``-like errors) after its complete lines.
-    """
-    with _open_raw(path) as stream:
-        yield stream.lines()
-
-
 # -- JSONL and JSON arrays -------------------------------------------------------------------------------
 
 
@@ -743,7 +344,8 @@ def _array_limit(cfg: InputConfig) -> int:
     return min(MAX_ARRAY_BYTES, ARRAY_BYTES_PER_TEXT_BYTE * cfg.max_text_bytes)
 
 
-def _parses(line: bytes) -> bool:
+def parses_as_json(line: bytes) -> bool:
+    """Whether one line (or a whole buffer) is valid JSON on its own."""
     try:
         orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -762,13 +364,13 @@ def _is_array_file(shard: InputFile, peeked: list[bytes]) -> bool:
     nonblank = [line for line in peeked if line.strip()]
     if not nonblank or not nonblank[0].lstrip().startswith(b"["):
         return False
-    return len(nonblank) == 1 or not _parses(nonblank[0])
+    return len(nonblank) == 1 or not parses_as_json(nonblank[0])
 
 
 def _iter_jsonl(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
     result = batcher.result
     try:
-        with _open_raw(shard.path) as stream:
+        with open_raw(shard.path) as stream:
             yield from _read_json_content(shard, batcher, stream)  # catches what breaks while reading
             try:  # the digest covers the raw bytes, of a corrupt file too
                 result.size, result.sha256 = stream.finish()
@@ -781,12 +383,12 @@ def _iter_jsonl(shard: InputFile, batcher: _Batcher) -> Iterator[pa.Table]:
         yield tail
 
 
-def _read_json_content(shard: InputFile, batcher: _Batcher, stream: _RawStream) -> Iterator[pa.Table]:
+def _read_json_content(shard: InputFile, batcher: _Batcher, stream: RawStream) -> Iterator[pa.Table]:
     index = 0
     try:
         lines = stream.lines()
         peeked: list[bytes] = []
-        if not _line_only(shard.path):
+        if not line_only(shard.path):
             nonblank = 0
             for line in lines:
                 peeked.append(line)

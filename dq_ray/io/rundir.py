@@ -29,7 +29,7 @@ from dq_ray.io.guard import (
     read_owner,
     remove_entries,
 )
-from dq_ray.io.readers import REJECTED_SCHEMA, ShardResult, qualify
+from dq_ray.io.readers import REJECTED_SCHEMA, InputFile, ShardResult, qualify
 from dq_ray.io.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,65 @@ class RunDir:
             for path in self.fs.glob(self._p(f"{folder}/**/.*.tmp")):
                 self.fs.rm(path)
 
-    def marker(self, name: str) -> dict[str, Any] | None:
+    # -- phase bookkeeping: what is done, what an attempt must redo -----------------------------------------
+
+    def expected_rows(self, source: str | None, files: Iterable[InputFile] = ()) -> dict[str, int]:
+        """Rows each shard brings into a streaming phase, by shard key: the read receipts' ``accepted`` for the
+        phase that reads the input files (``source`` None; -1 for a shard not read yet), else the shard's
+        committed rows in ``RUN/<source>/``."""
+        if source is None:
+            receipts = self.receipt_map()
+            keys = [self.shard_key(f.path) for f in files]
+            return {k: receipts[k]["accepted"] if k in receipts else -1 for k in keys}
+        return self.rows_by_shard(source)
+
+    def complete_shards(self, phase: int, output: str, expected: dict[str, int]) -> set[str]:
+        """Shards whose committed rows in ``RUN/<output>/`` plus stage rejections in phase ``phase`` add up to
+        what they brought (``expected``, from :meth:`expected_rows`)."""
+        out = self.rows_by_shard(output)
+        rejected = self.stage_rejections_by_shard(phase)
+        return {k for k, n in expected.items() if n >= 0 and out.get(k, 0) + rejected.get(k, 0) == n}
+
+    def check_phase(
+        self, phase: int, source: str | None, output: str, streaming: bool, files: Iterable[InputFile] = ()
+    ) -> None:
+        """Raise unless phase ``phase`` wrote every row it read: each shard complete (a streaming phase), or the
+        rows written plus rejected equal to the rows of ``RUN/<source>/`` (a group phase, committed whole)."""
+        if streaming:
+            expected = self.expected_rows(source, files)
+            missing = sorted(set(expected) - self.complete_shards(phase, output, expected))
+            if missing:
+                raise RuntimeError(f"phase {phase}: {len(missing)} shard(s) are not completely written: {missing}")
+            return
+        read = sum(self.rows_by_shard(source).values()) if source is not None else 0
+        written = sum(self.rows_by_shard(output).values())
+        rejected = sum(self.stage_rejections_by_shard(phase).values())
+        if written + rejected != read:
+            raise RuntimeError(f"phase {phase}: {written} rows written + {rejected} rejected != {read} read")
+
+    def phase_done(self, phase: int) -> bool:
+        """Whether phase ``phase`` was committed whole (by this attempt or an earlier one)."""
+        return self._marker(f"phases/phase-{phase}") is not None
+
+    def mark_phase(self, phase: int, output: str) -> None:
+        """Record that phase ``phase`` is committed (its rows in ``RUN/<output>/``)."""
+        self._set_marker(f"phases/phase-{phase}", {"phase": phase, "output": output})
+
+    def fit_done(self, stage: str) -> dict[str, Any] | None:
+        """The manifest info of ``stage``'s finished fit (None when it was not fitted, or not to the end)."""
+        done = self._marker(f"fits/{stage}")
+        return None if done is None else done["info"]
+
+    def mark_fit(self, stage: str, info: dict[str, Any]) -> None:
+        """Record that ``stage``'s fit returned ``info`` (written only after its artifacts are complete)."""
+        self._set_marker(f"fits/{stage}", {"stage": stage, "info": info})
+
+    def _marker(self, name: str) -> dict[str, Any] | None:
         """A completion marker under ``RUN/_shards/`` (None when absent)."""
         path = f"_shards/{name}.json"
         return self.read_json(path) if self.fs.exists(self._p(path)) else None
 
-    def set_marker(self, name: str, data: dict[str, Any]) -> None:
+    def _set_marker(self, name: str, data: dict[str, Any]) -> None:
         self.fs.makedirs(posixpath.dirname(self._p(f"_shards/{name}.json")), exist_ok=True)
         self.write_json(f"_shards/{name}.json", data)
 

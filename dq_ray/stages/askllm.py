@@ -42,9 +42,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from dq_ray.backends import MissingEngine
+from dq_ray.backends import DEVICES, LLM_BACKENDS, LLM_DTYPES, MissingEngine
 from dq_ray.backends import llm as llm_backends
-from dq_ray.backends.llm_transformers import DTYPES
 from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
 
@@ -125,12 +124,12 @@ class JudgeParams:
 
     def __post_init__(self) -> None:
         w = self.where
-        if self.backend not in llm_backends.BACKENDS:
-            raise ConfigError(f"{w}.backend: {self.backend!r} is not one of {', '.join(llm_backends.BACKENDS)}")
-        if self.device not in llm_backends.DEVICES:
-            raise ConfigError(f"{w}.device: {self.device!r} is not one of {', '.join(llm_backends.DEVICES)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"{w}.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.backend not in LLM_BACKENDS:
+            raise ConfigError(f"{w}.backend: {self.backend!r} is not one of {', '.join(LLM_BACKENDS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"{w}.device: {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.dtype not in LLM_DTYPES:
+            raise ConfigError(f"{w}.dtype: {self.dtype!r} is not one of {', '.join(LLM_DTYPES)}")
         if self.backend == "vllm" and self.device == "cpu":
             raise ConfigError(f"{w}: the vllm backend runs on GPUs only; use device auto or cuda")
         for key in ("token_budget", "batch_size", "num_threads", "tensor_parallel_size", "max_model_len"):

@@ -36,14 +36,14 @@ import pyarrow.parquet as pq
 
 from dq_ray.artifacts import load_npz_trusted, read_trusted, trusted_digests
 from dq_ray.errors import ConfigError
-from dq_ray.stage import FitData, Resources, Stage, append_columns, register
+from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
+from dq_ray.stages._fit import local_dir
+from dq_ray.stages._keys import doc_key_int63
 from dq_ray.stages.askllm import OUTPUTS, AskLLMJudge, AskLLMParams, gpu_resources, judge_info
-from dq_ray.stages.density import doc_keys, local_dir
-from dq_ray.stages.embed import embeddings_to_numpy
+from dq_ray.vectors import to_matrix
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS = ("source_file", "source_index")
 #: rows per LLM batch in the fit: on CPU small, so every actor gets work; on GPUs large, for vLLM's batching
 CPU_FIT_ROWS, GPU_FIT_ROWS = 16, 1024
 LOGIT_CLIP = 30.0
@@ -201,7 +201,7 @@ class AskLLMDistill(Stage):
         sample = data.sample(["text", "embedding", *KEY_COLUMNS], p.sample_size, seed=p.seed)
         log.info("askllm_distill: scoring a sample of %d documents with the LLM", sample.num_rows)
         scores, cost = score_sample(sample.column("text"), p)
-        x = embeddings_to_numpy(sample.column("embedding")).astype(np.float64)
+        x = to_matrix(sample.column("embedding")).astype(np.float64)
         logit = np.asarray(scores.column("askllm_logp_yes"), np.float64) - np.asarray(
             scores.column("askllm_logp_no"), np.float64
         )
@@ -253,13 +253,13 @@ class AskLLMDistill(Stage):
         z = load_npz_trusted(art, "regressor.npz", digests)
         self.coef, self.intercept = z["coef"], float(z["intercept"])
         sampled = pq.read_table(pa.BufferReader(read_trusted(art, "sample_scores.parquet", digests)))
-        keys = doc_keys(sampled)
+        keys = doc_key_int63(sampled)
         self.sampled = dict(zip(keys.tolist(), sampled.column("askllm_score").to_pylist()))
 
     def process(self, batch: pa.Table) -> pa.Table:
-        x = embeddings_to_numpy(batch.column("embedding")).astype(np.float64)
+        x = to_matrix(batch.column("embedding")).astype(np.float64)
         pred = sigmoid(x @ self.coef + self.intercept) if len(x) else np.zeros(0)
-        llm = [self.sampled.get(k) for k in doc_keys(batch).tolist()]
+        llm = [self.sampled.get(k) for k in doc_key_int63(batch).tolist()]
         return append_columns(
             batch,
             {

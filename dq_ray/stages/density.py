@@ -35,7 +35,7 @@ Two methods, both **fit / apply** (:meth:`Density.fit` runs once on the driver, 
 
 Artifacts in ``RUN/artifacts/density/``: ``density.json`` (the fitted settings), and ``index.faiss`` +
 ``doc_keys.npy`` (knn) or ``sketch.npz`` (sketch). A neighbour is recognised as the document itself by its key in
-``doc_keys`` (xxh64 of ``source_file#source_index``, unique per input record); an exact copy elsewhere in the
+``doc_keys`` (:func:`dq_ray.stages._keys.doc_key_int63`, unique per input record); an exact copy elsewhere in the
 corpus is a neighbour like any other (kernel value 1). :meth:`Density.setup` loads only signed bytes (the folder's
 digests, :mod:`dq_ray.artifacts`): the index is deserialised from memory, arrays with ``allow_pickle=False``.
 """
@@ -48,30 +48,27 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 
 from dq_ray.artifacts import load_json_trusted, load_npy_trusted, load_npz_trusted, read_trusted, trusted_digests
 from dq_ray.errors import ConfigError
-from dq_ray.stage import FitData, Resources, Stage, append_columns, register
-from dq_ray.stages.embed import embeddings_to_numpy, l2_normalise
+from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
+from dq_ray.stages._fit import local_dir, rows_to_fit
+from dq_ray.stages._keys import doc_key_int63
+from dq_ray.vectors import embedding_matrix, to_matrix, unit_rows
 
 log = logging.getLogger(__name__)
 
 METHODS = ("knn", "sketch")
 KERNELS = ("gaussian", "laplace")
 INDEXES = ("auto", "flat", "ivf_flat", "ivf_pq")
-DEVICES = ("auto", "cpu")
-#: The columns that locate a document in the input: its key in the index.
-KEY_COLUMNS = ("source_file", "source_index")
+#: Where the kNN index may search (``device``): ``auto`` (a GPU when the cluster has one) or ``cpu``.
+INDEX_DEVICES = ("auto", "cpu")
 _ITER_ROWS = 65_536  # rows per batch when streaming the corpus through the driver
 
 
@@ -128,7 +125,7 @@ class DensityParams:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for key, valid in (("method", METHODS), ("kernel", KERNELS), ("index", INDEXES), ("device", DEVICES)):
+        for key, valid in (("method", METHODS), ("kernel", KERNELS), ("index", INDEXES), ("device", INDEX_DEVICES)):
             if getattr(self, key) not in valid:
                 raise ConfigError(f"density.{key}: {getattr(self, key)!r} is not one of {', '.join(valid)}")
         if self.bandwidth is not None and self.bandwidth <= 0:
@@ -151,7 +148,7 @@ class Density(Stage):
     """Kernel density of each document's embedding among all others, and its Density-sampling weight."""
 
     name = "density"
-    inputs = ("embedding", "source_file", "source_index")
+    inputs = ("embedding", *KEY_COLUMNS)
     outputs = {"density_score": pa.float32(), "density_weight": pa.float32()}
     Params = DensityParams
     default_resources = Resources(num_cpus=1, batch_size=2048)
@@ -160,9 +157,7 @@ class Density(Stage):
     # -- fit (driver) ------------------------------------------------------------------------------------
     def fit(self, data: FitData) -> dict[str, Any]:
         p: DensityParams = self.params
-        n = data.num_rows()
-        if n == 0:
-            raise ValueError("density: no documents to fit on")
+        n = rows_to_fit(data, "density")
         t0 = time.perf_counter()
         with local_dir(data.artifacts_dir) as out:
             info = self._fit_knn(data, n, out) if p.method == "knn" else self._fit_sketch(data, n, out)
@@ -180,22 +175,22 @@ class Density(Stage):
         index = None
         dim = 0
         if kind != "flat":
-            train = embeddings_to_numpy(data.sample(["embedding"], p.train_size, seed=p.seed).column("embedding"))
+            train = to_matrix(data.sample(["embedding"], p.train_size, seed=p.seed).column("embedding"))
             dim = train.shape[1]
             nlist = p.nlist or default_nlist(n)
             index = new_index(kind, dim, nlist, p.pq_m)
             log.info("density: training %s (nlist %d) on %d vectors", kind, nlist, len(train))
-            index.train(l2_normalise(train))
+            index.train(unit_rows(train))
             del train
         keys: list[np.ndarray] = []
         columns = ["embedding", *KEY_COLUMNS]
         for batch in data.dataset(columns).iter_batches(batch_size=_ITER_ROWS, batch_format="pyarrow"):
-            x = l2_normalise(embeddings_to_numpy(batch.column("embedding")))
+            x = embedding_matrix(batch.column("embedding"))
             if index is None:
                 dim = x.shape[1]
                 index = new_index(kind, dim)
             index.add(x)
-            keys.append(doc_keys(batch))
+            keys.append(doc_key_int63(batch))
         if index is None or index.ntotal != n:
             raise RuntimeError(f"density: indexed {0 if index is None else index.ntotal} of {n} embeddings")
         keys_all = np.concatenate(keys)
@@ -207,8 +202,8 @@ class Density(Stage):
         if anchors is not None:
             anchors.save(out)
         sample = data.sample(columns, p.sample_size, seed=p.seed + 1)
-        queries = l2_normalise(embeddings_to_numpy(sample.column("embedding")))
-        own = doc_keys(sample)
+        queries = embedding_matrix(sample.column("embedding"))
+        own = doc_key_int63(sample)
         d2, labels = neighbours(index, keys_all, queries, own, p.k)
         neighbour = p.bandwidth_neighbour or p.k
         bandwidth = p.bandwidth or estimate_bandwidth(d2, neighbour, p.bandwidth_scale)
@@ -235,7 +230,7 @@ class Density(Stage):
     def _fit_sketch(self, data: FitData, n: int, out: str) -> dict[str, Any]:
         p: DensityParams = self.params
         first = data.sample(["embedding"], 1, seed=p.seed).column("embedding")
-        dim = embeddings_to_numpy(first).shape[1]
+        dim = to_matrix(first).shape[1]
         planes = srp_planes(dim, p.sketch_rows, p.sketch_bits, p.seed)
         partial = data.dataset(["embedding"]).map_batches(
             count_block, batch_format="pyarrow", batch_size=16_384, fn_kwargs={"planes": planes, "bits": p.sketch_bits}
@@ -248,7 +243,7 @@ class Density(Stage):
             raise RuntimeError(f"density sketch counted {int(counts[0].sum())} of {n} embeddings")
         np.savez(os.path.join(out, "sketch.npz"), planes=planes, counts=counts)
         sample = data.sample(["embedding"], p.sample_size, seed=p.seed + 1)
-        queries = l2_normalise(embeddings_to_numpy(sample.column("embedding")))
+        queries = embedding_matrix(sample.column("embedding"))
         scores = sketch_scores(counts, planes, p.sketch_bits, queries)
         return {
             "dimension": dim,
@@ -289,9 +284,9 @@ class Density(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         p: DensityParams = self.params
-        x = l2_normalise(embeddings_to_numpy(batch.column("embedding")))
+        x = embedding_matrix(batch.column("embedding"))
         if p.method == "knn":
-            own = doc_keys(batch)
+            own = doc_key_int63(batch)
             d2, labels = neighbours(self.index, self.keys, x, own, p.k)
             score = kernel_sum(d2, p.kernel, self.bandwidth)
             if self.anchors is not None:
@@ -361,7 +356,7 @@ class Anchors:
 
     @classmethod
     def from_table(cls, table: pa.Table, n: int) -> Anchors:
-        return cls(l2_normalise(embeddings_to_numpy(table.column("embedding"))), doc_keys(table), n)
+        return cls(embedding_matrix(table.column("embedding")), doc_key_int63(table), n)
 
     def save(self, out: str) -> None:
         np.savez(os.path.join(out, "anchors.npz"), vectors=self.vectors, keys=self.keys, n=self.n)
@@ -462,19 +457,6 @@ def set_nprobe(index: Any, nprobe: int) -> None:
         space.set_index_parameter(index, "nprobe", nprobe)
 
 
-def doc_keys(batch: pa.Table) -> np.ndarray:
-    """Non-negative 63-bit keys of the rows' locations (xxh64 of ``source_file#source_index``, unique per input
-    record even where ids repeat): how a document recognises itself among its neighbours."""
-    files = batch.column("source_file").to_pylist()
-    index = batch.column("source_index").to_pylist()
-    mask = (1 << 63) - 1
-    return np.fromiter(
-        (xxhash.xxh64_intdigest(f"{f}#{i}".encode("utf-8", "surrogatepass")) & mask for f, i in zip(files, index)),
-        dtype=np.int64,
-        count=len(files),
-    )
-
-
 # -- the kernel-sum sketch (RACE with SimHash) ---------------------------------------------------------------
 
 
@@ -498,58 +480,9 @@ def sketch_scores(counts: np.ndarray, planes: np.ndarray, bits: int, x: np.ndarr
 
 def count_block(batch: pa.Table, planes: np.ndarray, bits: int) -> pa.Table:
     """Sketch counters of one block of embeddings (a Ray map task): one row holding ``rows * 2**bits`` counts."""
-    x = l2_normalise(embeddings_to_numpy(batch.column("embedding")))
+    x = embedding_matrix(batch.column("embedding"))
     codes = srp_codes(x, planes, bits)
     rows, buckets = codes.shape[1], 1 << bits
     flat = (codes + np.arange(rows, dtype=np.int64)[None, :] * buckets).ravel()
     counts = np.bincount(flat, minlength=rows * buckets).astype(np.int64)
     return pa.table({"counts": pa.array([counts], pa.list_(pa.int64()))})
-
-
-# -- artifacts on local disk or any fsspec URL ------------------------------------------------------------
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _strip_file(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
-
-
-@contextlib.contextmanager
-def local_dir(target: str) -> Iterator[str]:
-    """A local directory to write artifacts into; copied to ``target`` afterwards when it is a remote URL."""
-    if _is_local(target):
-        os.makedirs(_strip_file(target), exist_ok=True)
-        yield _strip_file(target)
-        return
-    import fsspec
-
-    tmp = tempfile.mkdtemp(prefix="dq-density-")
-    try:
-        yield tmp
-        fs, root = fsspec.core.url_to_fs(target)
-        fs.makedirs(root, exist_ok=True)
-        for name in os.listdir(tmp):
-            fs.put_file(os.path.join(tmp, name), f"{root.rstrip('/')}/{name}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def fetched(source: str) -> Iterator[str]:
-    """A local directory holding the artifacts at ``source`` (downloaded first when it is a remote URL)."""
-    if _is_local(source):
-        yield _strip_file(source)
-        return
-    import fsspec
-
-    tmp = tempfile.mkdtemp(prefix="dq-density-")
-    try:
-        fs, root = fsspec.core.url_to_fs(source)
-        for path in fs.ls(root, detail=False):
-            fs.get_file(path, os.path.join(tmp, os.path.basename(path.rstrip("/"))))
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -28,10 +28,10 @@ import pyarrow as pa
 from dq_ray import backends
 from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
+from dq_ray.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 #: Rows per batch when the stage runs on a GPU (the config's ``resources.batch_size`` wins when set higher).
 GPU_BATCH_ROWS = 1024
 
@@ -70,12 +70,12 @@ class EmbedParams:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in backends.BACKENDS:
-            raise ConfigError(f"embed.backend: {self.backend!r} is not one of {', '.join(backends.BACKENDS)}")
+        if self.backend not in backends.EMBED_BACKENDS:
+            raise ConfigError(f"embed.backend: {self.backend!r} is not one of {', '.join(backends.EMBED_BACKENDS)}")
         if self.device not in backends.DEVICES:
             raise ConfigError(f"embed.device: {self.device!r} is not one of {', '.join(backends.DEVICES)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"embed.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.dtype not in backends.EMBED_DTYPES:
+            raise ConfigError(f"embed.dtype: {self.dtype!r} is not one of {', '.join(backends.EMBED_DTYPES)}")
         if self.backend == "vllm" and self.device == "cpu":
             raise ConfigError("embed: the vllm backend runs on GPUs only; use device auto or cuda")
         for key in ("batch_size", "max_seq_length", "num_threads"):
@@ -116,8 +116,9 @@ class Embed(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
-        vectors = l2_normalise(self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32))
-        np_dtype, pa_dtype = DTYPES[self.params.dtype]
+        raw = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+        vectors = unit_rows(np.asarray(raw, dtype=np.float32))
+        np_dtype, pa_dtype = backends.EMBED_DTYPES[self.params.dtype]
         return append_columns(batch, {"embedding": to_fixed_size_list(vectors.astype(np_dtype), pa_dtype)})
 
     def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
@@ -164,33 +165,8 @@ class Embed(Stage):
         return info
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero), as float32."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
-
-
 def to_fixed_size_list(vectors: np.ndarray, value_type: pa.DataType | None = None) -> pa.FixedSizeListArray:
     """A 2-D array as an Arrow ``fixed_size_list`` column (one vector per row), without copying."""
     n, dim = vectors.shape
     values = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
     return pa.FixedSizeListArray.from_arrays(values, dim)
-
-
-def embeddings_to_numpy(column: Any) -> np.ndarray:
-    """An ``embedding`` column (fixed-size or variable list, float16/32, chunked or not, or Ray Data's tensor
-    extension type) as a contiguous ``float32`` array ``(rows, dim)``."""
-    if isinstance(column, np.ndarray):
-        return np.ascontiguousarray(column, dtype=np.float32).reshape(len(column), -1)
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if isinstance(column, pa.ExtensionArray):
-        column = column.storage
-    n = len(column)
-    if n == 0:
-        return np.zeros((0, column.type.list_size if pa.types.is_fixed_size_list(column.type) else 0), np.float32)
-    if column.null_count:
-        raise ValueError("the embedding column has nulls")
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(n, -1), dtype=np.float32)

@@ -45,12 +45,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import dq_ray.stages._style as _style
 from dq_ray import backends
 from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
-from dq_ray.stages import _style
-from dq_ray.stages.embed import l2_normalise
 from dq_ray.stages.exact_dedup import normalise, text_hash
+from dq_ray.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,7 @@ MAP_OUTPUTS: dict[str, pa.DataType] = {
     "pair_prompt_dup_group": pa.string(),
 }
 GROUP_OUTPUTS: dict[str, pa.DataType] = {"pair_prompt_dup_count": pa.int64(), "pair_prompt_dup": pa.bool_()}
-
-#: The flags the summary reports the share of.
-FLAGS = ("pair_identical", "pair_near_identical", "pair_rejected_preferred", "pair_length_driven", "pair_prompt_dup")
+# the flags whose share the run's summary reports: dq_ray.stages._pair_summary.FLAGS
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,8 @@ class PairsParams:
     keep_texts: bool = True
 
     def __post_init__(self) -> None:
-        if self.backend not in backends.BACKENDS:
-            raise ConfigError(f"pairs.backend: {self.backend!r} is not one of {', '.join(backends.BACKENDS)}")
+        if self.backend not in backends.EMBED_BACKENDS:
+            raise ConfigError(f"pairs.backend: {self.backend!r} is not one of {', '.join(backends.EMBED_BACKENDS)}")
         if self.device not in backends.DEVICES:
             raise ConfigError(f"pairs.device: {self.device!r} is not one of {', '.join(backends.DEVICES)}")
         for key in (
@@ -176,7 +174,7 @@ class PairsParams:
         if self.tokenizer is not None and not Path(self.tokenizer).is_file():
             raise ConfigError(f"pairs.tokenizer: {self.tokenizer!r} is not a tokenizer.json file")
         if self.judge:
-            from dq_ray.stages import _pair_judge
+            import dq_ray.stages._pair_judge as _pair_judge
 
             _pair_judge.judge_params(self.judge_params, self.judge_template)  # validates (ConfigError)
 
@@ -213,7 +211,7 @@ class Pairs(Stage):
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         if p.judge:
-            from dq_ray.stages import _pair_judge
+            import dq_ray.stages._pair_judge as _pair_judge
 
             self.judge = _pair_judge.load(p.judge_params, p.judge_template)
 
@@ -283,7 +281,7 @@ class Pairs(Stage):
         texts = list(dict.fromkeys(t for t in [*prompts, *sides["chosen"], *sides["rejected"]] if t is not None))
         if not texts:
             return {}, {}
-        vecs = l2_normalise(self.encoder.encode(texts))
+        vecs = unit_rows(np.asarray(self.encoder.encode(texts), dtype=np.float32))
         counts = [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
         return dict(zip(texts, vecs)), dict(zip(texts, counts))
 
@@ -313,7 +311,7 @@ class Pairs(Stage):
     # -- the run's summary ---------------------------------------------------------------------------------
     def summarise_run(self, run: Any) -> dict[str, Any]:
         """Dataset-level summary (manifest ``summaries.pairs``); also writes ``artifacts/pairs/summary.md``."""
-        from dq_ray.preference_summary import summarise, to_markdown
+        from dq_ray.stages._pair_summary import summarise, to_markdown
 
         summary = summarise(run, self.params)
         run.fs.makedirs(f"{run.root}/artifacts/pairs", exist_ok=True)
@@ -326,7 +324,7 @@ class Pairs(Stage):
         p: PairsParams = self.params
         if not p.judge:
             return resources
-        from dq_ray.stages import _pair_judge
+        import dq_ray.stages._pair_judge as _pair_judge
         from dq_ray.stages.askllm import gpu_resources
 
         judge = _pair_judge.judge_params(p.judge_params, p.judge_template)
@@ -340,7 +338,7 @@ class Pairs(Stage):
             "embedding_backend": p.backend,
         }
         if p.judge:
-            from dq_ray.stages import _pair_judge
+            import dq_ray.stages._pair_judge as _pair_judge
 
             info["judge"] = _pair_judge.describe(p.judge_params, p.judge_template)
             if getattr(self, "judge", None) is not None:

@@ -9,16 +9,16 @@ semantic deduplication"): k-means over the embeddings, then near-identical pairs
 ``semdedup_cluster``. The pipeline then shuffles rows by cluster (``group_key``), and ``process_groups``
 compares the members of each cluster pairwise (cosine similarity of the normalised embeddings), tile by tile so
 memory stays bounded however large a cluster is (``tile_rows`` squared similarities at a time). Pairs at or
-above ``threshold`` are joined into duplicate groups with a union-find (A~B and B~C make one group), and
-``semdedup_max_sim`` records each document's highest similarity to any other member of its cluster (null in a
-cluster of one), so a stricter threshold can be applied later without recomputing anything.
+above ``threshold`` are joined into duplicate groups, the connected components of those pairs (A~B and B~C make
+one group), and ``semdedup_max_sim`` records each document's highest similarity to any other member of its
+cluster (null in a cluster of one), so a stricter threshold can be applied later without recomputing anything.
 
 **Keep rule** (``keep``): exactly one member per group has ``semdedup_keep = true``. ``first`` (the default)
 keeps the first in input order, the smallest ``(source_file, source_index)``, like ``exact_dedup`` and
 ``minhash``: the stages then agree on which copy stays, and combining their keep flags never drops every copy.
 ``hard`` keeps the member farthest from its cluster centroid (the paper's and NeMo Curator's default: it
 favours unusual examples), ``easy`` the closest; ties go to input order. ``semdedup_group`` names the group by
-the document key (:func:`dq_ray.stages._groups.doc_keys`) of the member kept; a document without semantic
+the document key (:func:`dq_ray.stages._keys.doc_key_hex`) of the member kept; a document without semantic
 duplicates is its own group.
 """
 
@@ -35,18 +35,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dq_ray import vectors
 from dq_ray.artifacts import load_npy_trusted, trusted_digests
-from dq_ray.stage import FitData, Resources, Stage, append_columns, register
-from dq_ray.stages._groups import UnionFind, component_sizes, doc_keys
+from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
+from dq_ray.stages._fit import embedding_sample, kmeans_sample_rows, rows_to_fit, save_npy
+from dq_ray.stages._groups import UnionFind, component_sizes
+from dq_ray.stages._keys import doc_key_hex
+from dq_ray.vectors import nearest_centroid
 
 log = logging.getLogger(__name__)
 
 CENTROIDS = "centroids.npy"
 KEEP_RULES = ("first", "hard", "easy")
 MAX_DEFAULT_CLUSTERS = 50_000
-MAX_DEFAULT_SAMPLE = 1_000_000
-#: Cells of the documents x centroids similarity matrix computed at once when assigning clusters.
-_ASSIGN_CELLS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -97,30 +98,12 @@ def default_clusters(num_rows: int) -> int:
 
 
 def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A (rows, dim) float32 matrix of L2-normalised vectors from a (fixed-size) list column."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if arr.null_count:
-        raise ValueError(f"semdedup: {arr.null_count} row(s) have a null embedding")
-    if len(arr) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if len(flat) % len(arr):
-        raise ValueError("semdedup: embeddings of different lengths")
-    x = flat.reshape(len(arr), -1)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the index of its most similar centroid and that cosine similarity."""
-    step = max(1, _ASSIGN_CELLS // max(len(centroids), 1))
-    label = np.empty(len(x), dtype=np.int32)
-    sim = np.empty(len(x), dtype=np.float32)
-    for lo in range(0, len(x), step):
-        s = x[lo : lo + step] @ centroids.T
-        label[lo : lo + step] = s.argmax(axis=1)
-        sim[lo : lo + step] = s[np.arange(len(s)), label[lo : lo + step]]
-    return label, sim
+    """:func:`dq_ray.vectors.embedding_matrix` (unit vectors, ``float32``), with the stage's own message for rows
+    that have no embedding."""
+    nulls = getattr(column, "null_count", 0)
+    if nulls:
+        raise ValueError(f"semdedup: {nulls} row(s) have a null embedding")
+    return vectors.embedding_matrix(column)
 
 
 def cluster_pairs(x: np.ndarray, threshold: float, tile: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +134,7 @@ class SemDedup(Stage):
     """Semantic duplicates (SemDeDup): k-means clusters, then near-identical pairs inside each cluster."""
 
     name = "semdedup"
-    inputs = ("embedding", "source_file", "source_index")
+    inputs = ("embedding", *KEY_COLUMNS)
     outputs = {
         "semdedup_cluster": pa.int32(),
         "semdedup_group": pa.string(),
@@ -169,19 +152,16 @@ class SemDedup(Stage):
         import faiss
 
         p = self.params
-        num_rows = data.num_rows()
-        if num_rows == 0:
-            raise ValueError("semdedup: no rows to fit k-means on")
+        num_rows = rows_to_fit(data, "semdedup")
         k = p.n_clusters or default_clusters(num_rows)
-        n_sample = p.sample_rows or min(256 * k, MAX_DEFAULT_SAMPLE)
-        x = embedding_matrix(data.sample(["embedding"], n_sample, seed=p.seed).column("embedding"))
+        x = embedding_sample(data, kmeans_sample_rows(k, p.sample_rows), p.seed)
         k = min(k, len(x))
         kmeans = faiss.Kmeans(
             x.shape[1], k, niter=p.niter, seed=p.seed, spherical=True, min_points_per_centroid=1, verbose=False
         )
         kmeans.train(x)
         centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-        _save_npy(centroids, posixpath.join(data.artifacts_dir, CENTROIDS))
+        save_npy(centroids, posixpath.join(data.artifacts_dir, CENTROIDS))
         sizes = np.bincount(nearest_centroid(x, centroids)[0], minlength=k)
         info = {
             "documents": num_rows,
@@ -226,7 +206,7 @@ class SemDedup(Stage):
                 roots[lo:hi], max_sim[lo:hi] = r + lo, s
         sizes = component_sizes(roots)
         kept = order[roots]  # row of the member each (sorted) row's group keeps
-        keys = doc_keys(rows.column("source_file"), rows.column("source_index"))
+        keys = doc_key_hex(*(rows.column(c) for c in KEY_COLUMNS))
         out_group = np.empty(n, dtype=object)
         out_group[order] = [keys[k] for k in kept]
         out_keep, out_count, out_sim = (np.empty(n, dtype=t) for t in (bool, np.int64, np.float32))
@@ -247,7 +227,7 @@ class SemDedup(Stage):
         """Row positions sorted by cluster, then by the keep rule (the member kept comes first)."""
         if not rows.num_rows:
             return np.zeros(0, dtype=np.int64)
-        sort_keys = [("source_file", "ascending"), ("source_index", "ascending")]
+        sort_keys = [(c, "ascending") for c in KEY_COLUMNS]
         input_rank = np.empty(rows.num_rows, dtype=np.int64)
         input_rank[pc.sort_indices(rows, sort_keys=sort_keys).to_numpy()] = np.arange(rows.num_rows)
         if self.params.keep == "first":
@@ -255,10 +235,3 @@ class SemDedup(Stage):
         sim = np.einsum("ij,ij->i", x, self.centroids[cluster])
         closeness = sim if self.params.keep == "hard" else -sim  # hard: least similar to the centroid first
         return np.lexsort((input_rank, closeness, cluster))
-
-
-def _save_npy(array: np.ndarray, path: str) -> None:
-    import fsspec
-
-    with fsspec.open(path, "wb") as f:
-        np.save(f, array)

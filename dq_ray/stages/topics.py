@@ -31,7 +31,6 @@ backend's model (prompted with a topic's keywords and representative snippets) o
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import posixpath
@@ -45,7 +44,8 @@ import pyarrow.compute as pc
 
 from dq_ray.artifacts import load_npy_trusted, trusted_digests
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
-from dq_ray.stages.semdedup import _save_npy, embedding_matrix, nearest_centroid
+from dq_ray.stages._fit import embedding_sample, kmeans_sample_rows, rows_to_fit, save_npy, write_json, write_parquet
+from dq_ray.vectors import embedding_matrix, nearest_centroid
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ VOCABULARY = "vocabulary.json"
 #: The topic table, one level up from the stage's own artifacts: ``RUN/artifacts/topics.parquet``.
 TOPIC_TABLE = "topics.parquet"
 MAX_DEFAULT_TOPICS = 1000
-MAX_DEFAULT_SAMPLE = 1_000_000
 
 TOPIC_TABLE_SCHEMA = pa.schema(
     [
@@ -271,12 +270,9 @@ class Topics(Stage):
     def fit(self, data: FitData) -> dict[str, Any]:
         """k-means on a sample, then one distributed pass for sizes, c-TF-IDF keywords and representatives."""
         p = self.params
-        num_rows = data.num_rows()
-        if num_rows == 0:
-            raise ValueError("topics: no rows to fit on")
+        num_rows = rows_to_fit(data, "topics")
         k = p.n_topics or default_topics(num_rows)
-        n_sample = p.sample_rows or min(256 * k, MAX_DEFAULT_SAMPLE)
-        x = embedding_matrix(data.sample(["embedding"], n_sample, seed=p.seed).column("embedding"))
+        x = embedding_sample(data, kmeans_sample_rows(k, p.sample_rows), p.seed)
         centroids = spherical_kmeans(x, k, p.niter, p.seed)
         k = len(centroids)
         kc = min(p.n_coarse or max(2, round(math.sqrt(k))), k)
@@ -286,10 +282,10 @@ class Topics(Stage):
         vocabulary = fit_vocabulary([t or "" for t in texts], p)
 
         art = data.artifacts_dir
-        _save_npy(centroids, posixpath.join(art, CENTROIDS))
-        _save_npy(coarse, posixpath.join(art, COARSE_CENTROIDS))
-        _save_npy(coarse_of_fine, posixpath.join(art, COARSE_OF_FINE))
-        _write_json(posixpath.join(art, VOCABULARY), vocabulary)
+        save_npy(centroids, posixpath.join(art, CENTROIDS))
+        save_npy(coarse, posixpath.join(art, COARSE_CENTROIDS))
+        save_npy(coarse_of_fine, posixpath.join(art, COARSE_OF_FINE))
+        write_json(posixpath.join(art, VOCABULARY), vocabulary)
 
         partials = data.dataset(["id", "text", "embedding"]).map_batches(
             topic_partials,
@@ -302,7 +298,7 @@ class Topics(Stage):
         )
         table = label_topics(table)
         table_path = topic_table_path(art)
-        _write_parquet(table, table_path)
+        write_parquet(table, table_path)
         fine = table.filter(pc.equal(table.column("level"), "fine"))
         sizes = np.array(fine.column("size").to_pylist())
         log.info("topics: %d fine / %d coarse topics over %d documents", k, kc, int(sizes.sum()))
@@ -395,18 +391,3 @@ def build_topic_table(
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _write_json(path: str, data: Any) -> None:
-    import fsspec
-
-    with fsspec.open(path, "w") as f:
-        json.dump(data, f)
-
-
-def _write_parquet(table: pa.Table, path: str) -> None:
-    import fsspec
-    import pyarrow.parquet as pq
-
-    with fsspec.open(path, "wb") as f:
-        pq.write_table(table, f)

@@ -38,17 +38,50 @@ def map_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
     return _pipeline_run(tmp_path_factory.mktemp("dash-map") / "run", tiny_corpus, stages)
 
 
-def write_synthetic_run(root: Path, table, inputs: list[str] = (), manifest: dict | None = None) -> Path:
-    """A minimal run directory around a ``docs`` table (known points for exact checks); no Ray needed."""
+def input_receipt(path: str, **fields) -> dict:
+    """The receipt the reader writes for an input file that exists: path, counts, format, size, mtime, sha256.
+
+    ``fields`` override or add entries (a forged receipt: ``sha256=None`` drops the digest).
+    """
+    import os
+
+    from dq_ray.io.digest import file_sha256
+    from dq_ray.io.readers import format_of
+
+    size, digest = file_sha256(path)
+    receipt = {
+        "path": path,
+        "records": 1,
+        "accepted": 1,
+        "rejected": 0,
+        "format": format_of(path) or "jsonl",
+        "size": size,
+        "mtime": os.path.getmtime(path),
+        "sha256": digest,
+    }
+    receipt.update(fields)
+    return {k: v for k, v in receipt.items() if v is not None}
+
+
+def write_synthetic_run(
+    root: Path, table, inputs: list[str] = (), manifest: dict | None = None, receipts: list[dict] = ()
+) -> Path:
+    """A minimal run directory around a ``docs`` table (known points for exact checks); no Ray needed.
+
+    Each path of ``inputs`` gets a receipt as the reader writes it (:func:`input_receipt`) when the file exists,
+    else a bare one (path and count only); ``receipts`` are written as given (forged ones).
+    """
     import json
+    import os
 
     import pyarrow.parquet as pq
 
     (root / "docs").mkdir(parents=True)
     (root / "_shards").mkdir()
     pq.write_table(table, root / "docs" / "part-0.parquet", row_group_size=max(1, table.num_rows // 3))
-    for i, path in enumerate(inputs):
-        (root / "_shards" / f"{i}.json").write_text(json.dumps({"path": path, "records": 1}))
+    written = [input_receipt(p) if os.path.isfile(p) else {"path": p, "records": 1} for p in inputs]
+    for i, receipt in enumerate([*written, *receipts]):
+        (root / "_shards" / f"{i}.json").write_text(json.dumps(receipt))
     base = {"status": "succeeded", "run_dir": str(root), "counts": {"input": table.num_rows}, "stages": {}}
     (root / "manifest.json").write_text(json.dumps({**base, **(manifest or {})}))
     return root

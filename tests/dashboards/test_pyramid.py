@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dashboards.data_store import Filters, RunStore
-from dashboards.pyramid import grid_index, prepare, tile_level_for, zorder
+from dashboards.prepare import prepare
+from dashboards.pyramid import grid_index, tile_level_for, zorder
 from dashboards.render import render
 
 from .conftest import write_synthetic_run

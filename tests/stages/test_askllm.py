@@ -24,7 +24,7 @@ from dq_ray.stages.askllm import (
     yes_no_scores,
 )
 from dq_ray.stages.askllm_distill import sigmoid
-from dq_ray.stages.embed import embeddings_to_numpy
+from dq_ray.vectors import to_matrix as embeddings_to_numpy
 from tests.helpers import wiki_texts, write_jsonl
 
 ISSUE_PROMPT = (
@@ -174,13 +174,14 @@ def test_actors_ask_for_gpus_on_a_gpu_cluster():
 def scored_runs(ray_local, tmp_path_factory):
     """The askllm stage over four real documents, run twice through the whole pipeline."""
     root = tmp_path_factory.mktemp("askllm")
+    (root / "in").mkdir()  # runs go beside the input folder, never inside it
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(DOCS)]
-    write_jsonl(root / "docs.jsonl", docs)
+    write_jsonl(root / "in" / "docs.jsonl", docs)
     stage = {"name": "askllm", "params": {"token_budget": BUDGET, "num_threads": 2}}
     runs = []
     for n in range(2):
         cfg = load_config(
-            {"input": {"paths": [str(root)]}, "output": {"path": str(root / f"run{n}")}, "stages": [stage]}
+            {"input": {"paths": [str(root / "in")]}, "output": {"path": str(root / f"run{n}")}, "stages": [stage]}
         )
         runs.append(run_job(cfg))
     return docs, runs

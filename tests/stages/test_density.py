@@ -12,8 +12,10 @@ from dq_ray.artifacts import SIGNATURE, sign_artifacts, verify_artifacts
 from dq_ray.config import ConfigError
 from dq_ray.demo import news_docs, speech_docs, tweet_docs, wikipedia_docs
 from dq_ray.stage import Resources, TableFitData
-from dq_ray.stages.density import Density, DensityParams, fetched, local_dir
-from dq_ray.stages.embed import Embed, EmbedParams, embeddings_to_numpy
+from dq_ray.stages._fit import fetched, local_dir
+from dq_ray.stages.density import Density, DensityParams
+from dq_ray.stages.embed import Embed, EmbedParams
+from dq_ray.vectors import to_matrix as embeddings_to_numpy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,7 +12,8 @@ from dq_ray import backends
 from dq_ray.config import ConfigError, load_config
 from dq_ray.demo import news_docs, speech_docs, tweet_docs, wikipedia_docs
 from dq_ray.stage import Resources
-from dq_ray.stages.embed import Embed, EmbedParams, embeddings_to_numpy
+from dq_ray.stages.embed import Embed, EmbedParams
+from dq_ray.vectors import to_matrix as embeddings_to_numpy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is packaged; never reach for a model hub
 

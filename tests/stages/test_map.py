@@ -9,7 +9,7 @@ import pytest
 
 from dq_ray.artifacts import SIGNATURE, UntrustedArtifactError, sign_artifacts, verify_artifacts
 from dq_ray.stage import TableFitData
-from dq_ray.stages.projection import Map, MapParams, fit_pca, resolve_model_dir
+from dq_ray.stages.map import Map, MapParams, fit_pca, resolve_model_dir
 
 
 def _table(n_per: int = 60, dim: int = 32, seed: int = 0) -> tuple[pa.Table, np.ndarray]:

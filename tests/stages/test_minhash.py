@@ -8,9 +8,10 @@ import pytest
 from dq_ray.artifacts import sign_artifacts
 from dq_ray.config import ConfigError, load_config
 from dq_ray.demo import news_docs, wikipedia_docs
-from dq_ray.planted import planted_corpus
+from dq_ray.demo.planted import planted_corpus
 from dq_ray.stage import TableFitData
-from dq_ray.stages._groups import UnionFind, doc_keys
+from dq_ray.stages._groups import UnionFind
+from dq_ray.stages._keys import doc_key_hex as doc_keys
 from dq_ray.stages.minhash import (
     ARTIFACT,
     MinHashDedup,

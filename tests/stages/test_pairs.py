@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from dq_ray.config import ConfigError, InputConfig, load_config
-from dq_ray.preference_summary import summarise_table, to_markdown
 from dq_ray.stages import _style
-from dq_ray.stages.pairs import FLAGS, MAP_OUTPUTS, Pairs, PairsParams
+from dq_ray.stages._pair_summary import FLAGS, summarise_table, to_markdown
+from dq_ray.stages.pairs import MAP_OUTPUTS, Pairs, PairsParams
 from tests.test_preference import read_all, tiny_pref  # noqa: F401  (the session fixture)
 
 #: Where each flag must fire, by how the demo pair was constructed (dq_ray/demo_preference.py).

@@ -7,9 +7,9 @@ import pytest
 
 from dq_ray.artifacts import sign_artifacts, verify_artifacts
 from dq_ray.demo import news_docs, wikipedia_docs
-from dq_ray.planted import planted_corpus
+from dq_ray.demo.planted import planted_corpus
 from dq_ray.stage import TableFitData
-from dq_ray.stages._groups import doc_keys
+from dq_ray.stages._keys import doc_key_hex as doc_keys
 from dq_ray.stages.semdedup import SemDedup, SemDedupParams, cluster_pairs, default_clusters, embedding_matrix
 
 NEAR_IDENTICAL = ("exact", "edited", "boilerplate_added")

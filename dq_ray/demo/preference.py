@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dq_ray.demo import _variant, _write_jsonl, tweet_docs, wikipedia_docs
+from dq_ray.demo.corpus import tweet_docs, variant, wikipedia_docs, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def build_preference_set(out_dir: str | Path, sizes: PreferenceSizes = Preferenc
     records["identical"] = []
     for k in range(sizes.identical):
         d = take_lead(leads)
-        records["identical"].append(pair("identical", k, prompt_of(d, k), d["text"], _variant(d["text"], 1)))
+        records["identical"].append(pair("identical", k, prompt_of(d, k), d["text"], variant(d["text"], 1)))
     records["near"] = []
     for k in range(sizes.near):
         d = take_lead(leads)
@@ -159,9 +159,9 @@ def build_preference_set(out_dir: str | Path, sizes: PreferenceSizes = Preferenc
     jsonl_kinds = ("good", "reversed", "identical", "near", "length", "dup_prompt")
     jsonl = [r for kind in jsonl_kinds for r in records[kind]]
     rng.shuffle(jsonl)
-    _write_jsonl(out / "dpo" / "pairs.jsonl", jsonl)
+    write_jsonl(out / "dpo" / "pairs.jsonl", jsonl)
     pq.write_table(pa.Table.from_pylist(records["parquet"]), out / "dpo" / "pairs.parquet")
-    _write_jsonl(out / "dpo" / "chat.jsonl", records["chat"])
+    write_jsonl(out / "dpo" / "chat.jsonl", records["chat"])
 
     some = records["good"][0]
     broken = [
@@ -194,7 +194,7 @@ def build_preference_set(out_dir: str | Path, sizes: PreferenceSizes = Preferenc
         completion = d["text"] if good else next(tweet_iter)["text"]
         kto.append({"id": f"kto:{k}", "prompt": prompt_of(d, k), "completion": completion, "label": good})
     kto.append({"id": "kto:bad-label", "prompt": "Tell me a joke.", "completion": "No.", "label": "maybe"})
-    _write_jsonl(out / "kto" / "kto.jsonl", kto)
+    write_jsonl(out / "kto" / "kto.jsonl", kto)
     sft = []
     for k in range(sizes.sft):
         d = take_lead(leads)
@@ -218,6 +218,7 @@ def build_preference_set(out_dir: str | Path, sizes: PreferenceSizes = Preferenc
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m dq_ray.demo.preference OUT_DIR [--seed N]``: build the demo preference set."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,9 +1,9 @@
 """Planted near-duplicates in real text: the ground truth of the near-duplicate tests and benchmarks.
 
 :func:`planted_corpus` takes real documents (Wikipedia leads, news articles, Commons speeches from
-:mod:`dq_ray.demo`), picks some as *originals* and adds copies of them changed in the ways near-duplicates on the
-web differ (:data:`KINDS`); every other document is background. Each document carries ``family``: the index of
-its original for the originals and their copies, -1 for background. Seeded, so a test always sees the same set.
+:mod:`dq_ray.demo.corpus`), picks some as *originals* and adds copies of them changed in the ways near-duplicates
+on the web differ (:data:`KINDS`); every other document is background. Each document carries ``family``: the index
+of its original for the originals and their copies, -1 for background. Seeded, so a test always sees the same set.
 """
 
 from __future__ import annotations

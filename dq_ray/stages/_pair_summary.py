@@ -10,6 +10,9 @@
   margin per topic.
 
 :func:`to_markdown` renders it as the "Preference data" section of the run report.
+
+The helper of :mod:`dq_ray.stages.pairs` (its ``summarise_run``); it reads the stage's output columns by name
+and imports nothing of the stage.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 MARGIN_BINS = np.linspace(-1.0, 1.0, 21)
+#: The flags of the ``pairs`` stage whose share the summary reports.
+FLAGS = ("pair_identical", "pair_near_identical", "pair_rejected_preferred", "pair_length_driven", "pair_prompt_dup")
 
 
 def _read_docs(run: Any, wanted: list[str]) -> pa.Table:
@@ -68,8 +73,6 @@ def _r(v: float | None, digits: int = 4) -> float | None:
 
 def summarise_table(table: pa.Table) -> dict[str, Any]:
     """The summary of a table of ``pairs`` outputs (what :func:`summarise` computes over ``docs/``)."""
-    from dq_ray.stages.pairs import FLAGS
-
     n = table.num_rows
     diff = _np(table, "pair_length_diff_words")
     margin = _np(table, "pair_judge_margin")
@@ -176,8 +179,6 @@ def _topic_table(run: Any) -> dict[int, dict[str, Any]]:
 
 def summarise(run: Any, params: Any = None) -> dict[str, Any]:
     """Summarise ``docs/`` of a run holding ``pairs`` outputs (streams only the columns it needs)."""
-    from dq_ray.stages.pairs import FLAGS
-
     wanted = [
         "pair_length_diff_words",
         "pair_judge_margin",

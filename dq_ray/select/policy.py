@@ -27,16 +27,20 @@ Every random choice comes from a hash of the document key (``source_file#source_
 position and the seed, so the result is the same for a seed however the rows are ordered or split.
 
 :func:`evaluate` runs a policy on an in-memory table (pyarrow or pandas) and writes nothing (the dashboard's
-what-if panel uses it); :func:`select_run` applies it to a run directory and writes ``selected/`` and the report.
+what-if panel uses it); :func:`dq_ray.select.apply.select_run` applies it to a run directory and writes
+``selected/`` and the report.
+
+This module is the pure rules: it reads and writes no run directory and imports nothing that leads to the job
+config (:mod:`dq_ray.config` imports it to check a job's ``selection:`` block).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,13 +48,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from dq_ray.io.redact import redact_url
-
-log = logging.getLogger(__name__)
+from dq_ray.errors import ConfigError
+from dq_ray.stage import KEY_COLUMNS
+from dq_ray.typed import build_dataclass, load_yaml
 
 FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_true", "is_false", "is_null", "not_null")
 _UNARY_OPS = ("is_true", "is_false", "is_null", "not_null")
-KEY_COLUMNS = ("source_file", "source_index")
 
 
 # -- rules ------------------------------------------------------------------------------------------------
@@ -300,9 +303,6 @@ class Policy:
 
 def parse_policy(data: Any, where: str = "selection") -> Policy:
     """Build a :class:`Policy` from plain data (parsed YAML); raises ``ConfigError`` naming the bad key."""
-    from dq_ray.errors import ConfigError
-    from dq_ray.typed import build_dataclass
-
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with 'rules' (and optionally seed, exclude_columns)")
     unknown = sorted(set(data) - {"rules", "seed", "exclude_columns"})
@@ -332,28 +332,14 @@ def parse_policy(data: Any, where: str = "selection") -> Policy:
 
 def load_policy(path: str) -> Policy:
     """A policy from a YAML file (``rules:`` + optional ``seed``; a job config's ``selection:`` block works too)."""
-    from pathlib import Path
-
-    import yaml
-
-    from dq_ray.errors import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"policy file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if isinstance(data, dict) and "selection" in data and "rules" not in data:
+    data = load_yaml(path, "policy")
+    if "selection" in data and "rules" not in data:
         data = data["selection"]
-    return parse_policy(data, where=str(p.name))
+    return parse_policy(data, where=Path(path).name)
 
 
 def check_columns(policy: Policy, available: Sequence[str], where: str = "selection") -> None:
     """Every column a rule reads must exist; raises ``ConfigError`` listing what is available."""
-    from dq_ray.errors import ConfigError
-
     missing = [c for c in policy.columns() if c not in available]
     if missing:
         raise ConfigError(
@@ -469,332 +455,3 @@ def evaluate(policy: Policy, table: Any) -> Evaluation:
         alive = new
         steps.append(Step(rule, rule.label(), rows_in, int(alive.sum()), alive.copy()))
     return Evaluation(steps, alive, removed_by)
-
-
-# -- applying a policy to a run directory -----------------------------------------------------------------
-
-#: Signals the report summarises when the run has them (besides the columns the rules read).
-REPORT_COLUMNS = (
-    "topic_id",
-    "topic_coarse_id",
-    "askllm_score",
-    "askllm_pred",
-    "density_score",
-    "density_weight",
-    "heur_dup_line_frac",
-    "heur_dup_para_frac",
-    "heur_top_2gram_char_frac",
-    "heur_dup_5gram_char_frac",
-    "semdedup_max_sim",
-)
-SELECTED_DIR = "selected"
-
-
-@dataclass
-class SelectionResult:
-    """What :func:`select_run` wrote: the output directory, the evaluation and the summary (selection.json)."""
-
-    output_dir: str
-    evaluation: Evaluation
-    summary: dict[str, Any]
-
-
-def signal_columns(schema: pa.Schema, policy: Policy, keep_fields: Sequence[str]) -> list[str]:
-    """The docs/ columns the driver reads: keys, rule columns, flags, report signals and kept input fields."""
-    names = schema.names
-    flags = [
-        n for n in names if (n.endswith("_pass") or n.endswith("_keep")) and pa.types.is_boolean(schema.field(n).type)
-    ]
-    wanted = ["id", *KEY_COLUMNS, *policy.columns(), *flags, *REPORT_COLUMNS, *keep_fields]
-    return [c for c in dict.fromkeys(wanted) if c in names]
-
-
-def read_signals(run_path: str, columns: Sequence[str]) -> pa.Table:
-    """Only ``columns`` of ``RUN/docs/``, streamed batch by batch (pyarrow)."""
-    import pyarrow.dataset as pads
-
-    from dq_ray.io import RunDir
-
-    run = RunDir(run_path)
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
-    dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
-    # scans batch by batch, only these columns; __filename: the docs/ file of each row (to re-read it later)
-    return dataset.to_table(columns=[*columns, "__filename"])
-
-
-def select_run(
-    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, examples_per_rule: int = 3
-) -> SelectionResult:
-    """Apply ``policy`` to a finished run: write ``selected/``, ``report.md``, ``report.html`` and selection.json.
-
-    Nothing is recomputed: the rules read the signals in ``RUN/docs/`` (only the columns they need), the kept
-    documents are joined back to their input records (re-read in Ray tasks, one per input file) so
-    ``selected/`` holds the input fields, text included, next to every signal. ``output`` defaults to the
-    run directory itself (then the manifest gains a ``selection`` section). Needs a running Ray.
-    """
-    import time
-
-    from dq_ray.io import RunDir
-    from dq_ray.io.guard import take_selection_output
-
-    t0 = time.perf_counter()
-    if seed is not None:
-        policy = dataclasses.replace(policy, seed=seed)
-    run = RunDir(run_path)
-    manifest = run.read_json("manifest.json")
-    input_cfg = _input_config(manifest)
-    schema = _docs_schema(run)
-    check_columns(policy, schema.names, where="policy")
-    missing = [c for c in policy.exclude_columns if c not in schema.names]
-    if missing:
-        log.info("exclude_columns %s are not in docs/ (nothing to leave out)", missing)
-    signals = read_signals(run.path, signal_columns(schema, policy, input_cfg.keep_fields))
-    ev = evaluate(policy, signals)
-    log.info("policy keeps %d of %d documents", int(ev.kept.sum()), signals.num_rows)
-
-    out = RunDir(output) if output else run
-    lock = take_selection_output(out.fs, out.root, into_run=out.root == run.root)
-    try:
-        return _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0)
-    finally:
-        lock.release()
-
-
-def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0):
-    """The writing half of :func:`select_run`, with ``out`` locked."""
-    import time
-
-    from dq_ray.errors import ConfigError
-    from dq_ray.io.guard import remove_entries
-    from dq_ray.report import write_report
-
-    selected_path = out.sub(SELECTED_DIR)
-    remove_entries(out.fs, out.root, [SELECTED_DIR])
-    out.fs.makedirs(out.root, exist_ok=True)
-    kept_keys = signals.filter(pa.array(ev.kept)).select([*KEY_COLUMNS, "__filename"])
-    written = write_selected(run, input_cfg, schema, policy, kept_keys, selected_path)
-    if written != int(ev.kept.sum()):
-        raise ConfigError(
-            f"selected {int(ev.kept.sum())} documents but found {written} of them in the inputs: "
-            "were the input files changed or moved since the run?"
-        )
-    examples = removed_examples(run, input_cfg, signals, ev, examples_per_rule)
-    summary = write_report(
-        out_dir=out.path,
-        run_manifest=manifest,
-        policy=policy,
-        signals=signals,
-        evaluation=ev,
-        selected_path=selected_path,
-        examples=examples,
-        rejected=run.read_table("rejected", columns=["reason"]),
-    )
-    summary["wall_s"] = round(time.perf_counter() - t0, 3)
-    out.write_json("selection.json", summary)
-    if out.root == run.root:
-        manifest = run.read_json("manifest.json")
-        manifest["selection"] = summary
-        run.write_json("manifest.json", manifest)
-    return SelectionResult(out.path, ev, summary)
-
-
-def _input_config(manifest: dict[str, Any]):
-    from dq_ray.config import InputConfig, build_dataclass
-
-    return build_dataclass(InputConfig, manifest["config"]["input"], "manifest.config.input")
-
-
-def _docs_schema(run) -> pa.Schema:
-    import pyarrow.parquet as pq
-
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
-    with run.fs.open(files[0], "rb") as fh:
-        return pq.read_schema(fh)
-
-
-def _input_files(input_cfg, wanted: set[str]) -> list:
-    from dq_ray.io import discover_inputs
-
-    files = [f for f in discover_inputs(input_cfg) if redact_url(f.path) in wanted]  # stored paths are redacted
-    lost = wanted - {redact_url(f.path) for f in files}
-    if lost:
-        from dq_ray.errors import ConfigError
-
-        raise ConfigError(f"input file(s) of the run are gone: {sorted(lost)[:5]}")
-    return files
-
-
-def _read_back(batch: pa.Table, input_cfg: Any, keys: Any) -> Any:
-    """Ray task: re-read input files (one per row of ``batch``) and keep the records whose keys are wanted."""
-    from dq_ray.io import InputFile, ShardResult, read_shard
-
-    keys = _deref(keys)
-    for row in batch.to_pylist():
-        shard = InputFile(**row)
-        wanted = keys[redact_url(shard.path)]
-        for table in read_shard(shard, input_cfg, ShardResult(shard.path)):
-            mask = np.isin(table.column("source_index").to_numpy(), wanted)
-            if mask.any():
-                yield table.filter(pa.array(mask))
-
-
-def _deref(value: Any) -> Any:
-    """The value behind an ObjectRef (a key map shared by every task through the object store)."""
-    import ray
-
-    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
-
-
-def _keys_by_file(keys: pa.Table) -> dict[str, np.ndarray]:
-    out: dict[str, list] = {}
-    for f, i in zip(keys.column("source_file").to_pylist(), keys.column("source_index").to_pylist()):
-        out.setdefault(f, []).append(i)
-    return {f: np.sort(np.asarray(v, dtype=np.int64)) for f, v in out.items()}
-
-
-def read_back_inputs(input_cfg: Any, keys: pa.Table) -> Any:
-    """A Ray dataset of the input records (reader fields, text included) with the given (file, index) keys."""
-    import ray
-    import ray.data
-
-    by_file = _keys_by_file(keys)
-    files = _input_files(input_cfg, set(by_file))
-    items = [dataclasses.asdict(f) for f in files]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return ds.map_batches(
-        _read_back, batch_size=1, batch_format="pyarrow", fn_kwargs={"input_cfg": input_cfg, "keys": ray.put(by_file)}
-    )
-
-
-def _gather(batch: pa.Table, input_cfg: Any, sig_cols: list[str], filesystem: Any) -> Any:
-    """Ray task, one per input file: its kept records (re-read, text included) joined with their signals.
-
-    Each row of ``batch`` names an input file, the ``source_index`` values kept from it and the ``docs/`` files
-    that hold their signals; only those files are read, only the kept rows are joined (by ``source_index``).
-    """
-    import pyarrow.dataset as pads
-
-    from dq_ray.io import InputFile, ShardResult, read_shard
-
-    for row in batch.to_pylist():
-        shard = InputFile(**row["shard"])
-        wanted = np.asarray(row["indices"], dtype=np.int64)
-        docs = pads.dataset(row["docs_files"], filesystem=filesystem, format="parquet")
-        stored = redact_url(shard.path)
-        expr = (pads.field("source_file") == stored) & pads.field("source_index").isin(pa.array(wanted))
-        signals = docs.to_table(columns=sig_cols, filter=expr)
-        position = {int(v): k for k, v in enumerate(signals.column("source_index").to_pylist())}
-        for table in read_shard(shard, input_cfg, ShardResult(shard.path)):
-            mask = np.isin(table.column("source_index").to_numpy(), wanted)
-            if not mask.any():
-                continue
-            table = table.filter(pa.array(mask))
-            take = [position.get(int(v), -1) for v in table.column("source_index").to_pylist()]
-            if min(take) < 0:  # an input record without a signals row: the input changed since the run
-                table = table.filter(pa.array([t >= 0 for t in take]))
-                take = [t for t in take if t >= 0]
-            matched = signals.take(pa.array(take, pa.int64()))
-            for name in sig_cols:
-                if name not in table.column_names:
-                    table = table.append_column(matched.schema.field(name), matched.column(name))
-            yield table
-
-
-def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.Table, path: str) -> int:
-    """Write the kept documents, input fields (text included) + signals, as Parquet (Ray tasks); return the rows.
-
-    ``keys`` holds ``source_file``, ``source_index`` and ``__filename`` (the ``docs/`` file of the row).
-    """
-    import ray.data
-
-    from dq_ray.config import READER_COLUMNS
-
-    if keys.num_rows == 0:
-        return 0
-    reader_cols = set(READER_COLUMNS) | set(input_cfg.keep_fields)
-    sig_cols = [
-        c for c in schema.names if c not in policy.exclude_columns and (c in KEY_COLUMNS or c not in reader_cols)
-    ]
-    groups: dict[str, dict[str, Any]] = {}
-    for f, i, d in zip(*(keys.column(c).to_pylist() for c in (*KEY_COLUMNS, "__filename"))):
-        g = groups.setdefault(f, {"indices": [], "docs_files": set()})
-        g["indices"].append(i)
-        g["docs_files"].add(d)
-    files = {f.path: f for f in _input_files(input_cfg, set(groups))}
-    items = [
-        {"shard": dataclasses.asdict(files[f]), "indices": sorted(g["indices"]), "docs_files": sorted(g["docs_files"])}
-        for f, g in sorted(groups.items())
-    ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _gather,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"input_cfg": input_cfg, "sig_cols": sig_cols, "filesystem": run.fs},
-    )
-    ds.write_parquet(path)
-    return _count_rows(path)
-
-
-def _count_rows(path: str) -> int:
-    import fsspec
-    import pyarrow.parquet as pq
-
-    fs, root = fsspec.core.url_to_fs(path)
-    total = 0
-    for p in fs.glob(f"{root}/**/*.parquet"):
-        with fs.open(p, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
-
-
-def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule: int) -> dict[int, list[dict]]:
-    """A few documents each rule removed (the first by seeded hash), with a text snippet from the inputs."""
-    picks: dict[int, np.ndarray] = {}
-    hashes = doc_hashes(signals, 0)
-    for i in range(len(ev.steps)):
-        rows = np.flatnonzero(ev.removed_by == i)
-        picks[i] = rows[np.argsort(hashes[rows], kind="stable")[:per_rule]]
-    rows = np.concatenate(list(picks.values())) if picks else np.zeros(0, dtype=np.int64)
-    if per_rule <= 0 or len(rows) == 0:
-        return {i: [] for i in picks}
-    keys = signals.take(pa.array(rows)).select(list(KEY_COLUMNS))
-    found = read_back_inputs(input_cfg, keys).take_all()
-    text = {(r["source_file"], r["source_index"]): r["text"] for r in found}
-    files = signals.column("source_file").to_pylist()
-    idx = signals.column("source_index").to_pylist()
-    ids = signals.column("id").to_pylist()
-    out = {}
-    for i, rs in picks.items():
-        out[i] = [
-            {"id": ids[r], "text": " ".join((text.get((files[r], idx[r])) or "").split())[:300]} for r in rs.tolist()
-        ]
-    return out
-
-
-def run_selection(
-    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, ray_cfg: Any = None
-) -> SelectionResult:
-    """:func:`select_run` inside a Ray session (the configured cluster, ``$RAY_ADDRESS``, or embedded Ray)."""
-    from dq_ray.config import RayConfig
-    from dq_ray.pipeline import ray_session
-
-    with ray_session(ray_cfg or RayConfig()):
-        return select_run(run_path, policy, output=output, seed=seed)
-
-
-def format_selection(summary: dict[str, Any]) -> str:
-    """The short table printed after a selection."""
-    lines = ["", f"{'rule':<48}{'in':>9}{'kept':>9}{'removed':>9}"]
-    for i, r in enumerate(summary["rules"]):
-        label = f"{i + 1}. {r['rule']}"[:47]
-        lines.append(f"{label:<48}{r['in']:>9,}{r['kept']:>9,}{r['removed']:>9,}")
-    lines += [
-        "",
-        f"selected {summary['selected']:,} of {summary['documents']:,} documents -> {summary['selected_path']}",
-        f"report: {summary['report']['markdown']} (and .html)",
-    ]
-    return "\n".join(lines)

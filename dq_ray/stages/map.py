@@ -46,7 +46,8 @@ from dq_ray.artifacts import (
     verify_artifacts,
 )
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
-from dq_ray.stages.semdedup import embedding_matrix
+from dq_ray.stages._fit import embedding_sample, rows_to_fit
+from dq_ray.vectors import embedding_matrix
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,8 @@ class Map(Stage):
             info = copy_signed_model(src, art)
             log.info("map: reusing the %s projection from %s", info["method"], src)
             return {**info, "model_from": src, "documents": data.num_rows()}
-        if data.num_rows() == 0:
-            raise ValueError("map: no rows to fit on")
-        x = embedding_matrix(data.sample(["embedding"], p.sample_rows, seed=p.seed).column("embedding"))
+        documents = rows_to_fit(data, "map")
+        x = embedding_sample(data, p.sample_rows, p.seed)
         method = p.method if p.method != "auto" else ("umap" if umap_available() else "pca")
         if method == "umap" and len(x) < MIN_UMAP_ROWS:
             log.warning("map: %d sampled rows are too few for UMAP; using PCA", len(x))
@@ -187,7 +187,7 @@ class Map(Stage):
         with fsspec.open(posixpath.join(art, MODEL_INFO), "w") as f:
             json.dump(info, f, indent=2)
         log.info("map: %s fitted on %d sampled rows", method, len(x))
-        return {**info, "documents": data.num_rows()}
+        return {**info, "documents": documents}
 
     # -- apply --------------------------------------------------------------------------------------------
     def setup(self) -> None:

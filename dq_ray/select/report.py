@@ -2,7 +2,8 @@
 
 :func:`write_report` writes ``report.md`` (plots as PNG files in ``report_files/``) and a self-contained
 ``report.html`` (the same plots embedded as PNG data URIs) into the selection's output directory, and returns
-the numbers as a dict (``selection.json``, and the run manifest's ``selection`` section).
+the numbers as a dict (``selection.json``, and the run manifest's ``selection`` section). The HTML is rendered
+from the Jinja2 templates in ``dq_ray/select/templates/`` (autoescaped: every value is shown as text).
 
 Every "after" number (documents selected, score distributions, topic shares) is read back from the Parquet
 written to ``selected/``, so the report describes the files, not an intention.
@@ -24,7 +25,7 @@ Quality summary (:func:`quality_summary`):
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import logging
 import math
@@ -33,6 +34,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import fsspec
+import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -264,11 +267,10 @@ def write_report(
     rejected: pa.Table,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report_files/*.png`` and ``report.html`` into ``out_dir``; return the numbers."""
-    import fsspec
+    from dq_ray.io.rundir import parquet_rows  # not at module level: dq_ray.io leads to the job config
 
-    from dq_ray.select import _count_rows
-
-    selected_rows = _count_rows(selected_path)
+    sel_fs, sel_root = fsspec.core.url_to_fs(selected_path)
+    selected_rows = parquet_rows(sel_fs, sel_fs.glob(f"{sel_root}/**/*.parquet"))
     after = _read_selected(selected_path, signals.schema)
     score_cols = [c for c in dict.fromkeys([*SCORE_COLUMNS, *_rule_score_columns(policy)]) if c in signals.column_names]
     score_cols = [
@@ -315,7 +317,7 @@ def write_report(
     with fs.open(f"{root}/report.md", "w") as fh:
         fh.write(_markdown(sections, images))
     with fs.open(f"{root}/report.html", "w") as fh:
-        fh.write(_html(sections, images))
+        fh.write(render_html(sections, images))
     summary["report"] = {"markdown": f"{out_dir}/report.md", "html": f"{out_dir}/report.html"}
     return summary
 
@@ -332,7 +334,6 @@ def _rule_score_columns(policy: Any) -> list[str]:
 
 
 def _read_selected(path: str, schema: pa.Schema) -> pa.Table:
-    import fsspec
     import pyarrow.dataset as pads
 
     fs, root = fsspec.core.url_to_fs(path)
@@ -493,25 +494,20 @@ def _markdown(sections: list, images: dict[str, bytes]) -> str:
     return "\n".join(lines)
 
 
-def _html(sections: list, images: dict[str, bytes]) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>dq-ray curation report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-        "margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}</style>",
-        "</head><body><h1>dq-ray curation report</h1>",
-    ]
-    for title, blocks in sections:
-        parts.append(f"<h2>{e(title)}</h2>")
-        for b in blocks:
-            if b[0] == "p":
-                parts.append(f"<p>{e(b[1])}</p>")
-            elif b[0] == "table":
-                parts.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b[1]) + "</tr>")
-                parts += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in r) + "</tr>" for r in b[2]]
-                parts.append("</table>")
-            elif b[0] == "img" and b[1] in images:
-                data = base64.b64encode(images[b[1]]).decode()
-                parts.append(f"<img alt='{e(b[1])}' src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The report templates shipped in ``dq_ray/select/templates/`` (autoescape on)."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("dq_ray.select", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_html(sections: list, images: dict[str, bytes]) -> str:
+    """The self-contained HTML report: ``sections`` as headings, paragraphs and tables, plots as PNG data URIs."""
+    encoded = {name: base64.b64encode(data).decode() for name, data in images.items()}
+    return _templates().get_template("report.html").render(sections=sections, images=encoded)

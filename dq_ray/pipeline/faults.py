@@ -14,6 +14,8 @@ each stage, so workers need not see the variable):
 
 Example: ``DQ_RAY_FAULTS="poison:heuristics:news.jsonl#3,kill_actor:embed:after=2"``.
 Normal runs never set it; a run with faults active logs a warning and records them in the manifest.
+Without faults the plan hands its workers none and the plain map function (:func:`~dq_ray.pipeline.workers.map_stage`),
+so no fault code runs per batch.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ class Faults:
 
     @property
     def active(self) -> bool:
+        """Whether any rule is set (the normal case: none)."""
         return bool(self.rules)
 
     # -- worker side ---------------------------------------------------------------------------------------
     def before_setup(self, stage: str) -> None:
+        """Raise for a ``fail_setup`` rule of ``stage`` (called where a worker sets the stage up)."""
         if stage in self.fail_setup:
             raise InjectedFault(f"injected setup failure of stage {stage!r} (fail_setup)")
 
     def before_batch(self, stage: str) -> None:
+        """Sleep for a ``slow`` rule of ``stage`` before the batch is processed."""
         delay = self.slow.get(stage)
         if delay:
             time.sleep(delay)
@@ -79,6 +84,7 @@ class Faults:
 
     # -- driver side ---------------------------------------------------------------------------------------
     def crash_driver(self, why: str) -> None:
+        """SIGKILL this process (the driver), as a lost head node or the OOM killer would."""
         log.warning("fault injection: SIGKILL of the driver (%s)", why)
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,261 @@
+"""Running a whole job: check the input and the run directory, connect to Ray, execute the plan, and write the
+manifest (counts, flags, per-stage statistics, stage summaries)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dq_ray import __version__
+from dq_ray.config import JobConfig
+from dq_ray.io import InputFile, RunDir, RunExistsError, discover_inputs, redact, redact_url
+from dq_ray.io.guard import check_output
+from dq_ray.io.readers import changed_inputs
+from dq_ray.pipeline.faults import Faults
+from dq_ray.pipeline.faults import from_env as faults_from_env
+from dq_ray.pipeline.plan import Plan
+from dq_ray.pipeline.session import ray_session
+from dq_ray.pipeline.workers import stats_actor_class
+from dq_ray.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_job` returns: where the run is and its manifest."""
+
+    run_dir: str
+    manifest: dict[str, Any]
+
+
+def _versions() -> dict[str, str]:
+    """The versions of Python, dq-ray and the libraries that decide its results (for the manifest)."""
+    out = {"python": platform.python_version(), "dq-ray": __version__}
+    for pkg in ("ray", "pyarrow", "datatrove", "spacy", "fsspec", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _stage_table(
+    raw: dict[str, dict[str, Any]], order: list[str], timings: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """The manifest's ``stages`` block: the statistics actor's totals per stage, in pipeline order."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in order:
+        if name in timings and name.endswith(".fit"):
+            table[name] = {"wall_s": round(timings[name], 6)}
+            continue
+        s = raw.get(name)
+        if not s:
+            continue
+        wall = max(s["end"] - s["start"], 1e-9)
+        table[name] = {
+            "rows": s["rows"],
+            "wall_s": round(wall, 6),
+            "started": round(s["start"], 3),  # Unix time the first batch went in
+            "ended": round(s["end"], 3),  # Unix time the last batch came out
+            "busy_s": round(s["busy_s"], 6),
+            "setup_s": round(s["setup_s"], 6),
+            "docs_per_s": round(s["rows"] / wall, 1),
+            "docs_per_busy_s": round(s["rows"] / s["busy_s"], 1) if s["busy_s"] > 0 else None,
+            "nodes": sorted({w.split(":")[0] for w in s["workers"]}),
+            "workers": len(s["workers"]),  # processes (actors, task workers) that ran its batches
+        }
+    return table
+
+
+def _resume_check(run: RunDir, cfg_dict: dict[str, Any], files: list[InputFile]) -> dict[str, Any]:
+    """The earlier attempt's manifest; refuses a resume whose input or stages differ from it, or whose input
+    files changed since they were read (size or modification time against their receipts)."""
+    try:
+        before = run.read_json("manifest.json")
+    except FileNotFoundError:
+        return {}
+    if "config" not in before:  # only the marker: the earlier attempt stopped before it started
+        return before
+    old = before.get("config", {})
+    for key in ("input", "stages"):
+        if json.loads(json.dumps(old.get(key), default=str)) != json.loads(json.dumps(cfg_dict.get(key), default=str)):
+            raise RunExistsError(
+                f"{run.path} holds a run made with a different {key!r} config; --resume needs the same input and "
+                f"stages (pass --overwrite to start over)"
+            )
+    changed = changed_inputs(files, {r["path"]: r for r in run.receipts()})
+    if changed:
+        raise RunExistsError(
+            f"{len(changed)} input file(s) changed since this run read them: {', '.join(changed[:5])}; resuming "
+            "would mix two versions of the corpus (pass --overwrite to start over)"
+        )
+    return before
+
+
+def run_job(cfg: JobConfig, overwrite: bool = False, resume: bool = False) -> RunResult:
+    """Run a whole job: read, score, group, write ``docs/``, ``rejected/`` and ``manifest.json``.
+
+    Input paths and the config are checked before Ray starts. With ``resume``, an earlier attempt in the same
+    run directory (killed, or failed) is continued: committed shards, phases and fits are kept, the rest is
+    redone (see docs/reliability.md). Raises on failure after recording ``status: failed`` and the error in the
+    manifest.
+    """
+    check_output(cfg.output.path, cfg.input.paths)
+    files = discover_inputs(cfg.input)
+    stages = [sc.build() for sc in cfg.stages]
+    faults = faults_from_env()
+    run = RunDir(cfg.output.path)
+    cfg_dict = redact(cfg.to_dict())
+    previous = _resume_check(run, cfg_dict, files) if resume and run.state() == "run" else {}
+    resumed = run.prepare(overwrite=overwrite, resume=resume)
+    try:
+        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed)
+    finally:
+        run.release()
+
+
+def _run_prepared(
+    cfg: JobConfig,
+    run: RunDir,
+    files: list[InputFile],
+    stages: list[Stage],
+    faults: Faults,
+    cfg_dict: dict[str, Any],
+    previous: dict[str, Any],
+    resumed: bool,
+) -> RunResult:
+    """:func:`run_job` once the run directory is taken (locked, layout made)."""
+    started = time.time()
+    manifest: dict[str, Any] = {
+        "dq_ray_version": __version__,
+        "run_id": run.run_id,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": redact_url(run.path),
+        "config": cfg_dict,
+        "versions": _versions(),
+        "inputs": {"files": len(files), "bytes": sum(f.size for f in files)},
+        "stage_info": {s.name: s.describe() for s in stages},
+    }
+    if resumed:
+        earlier = previous.get("resume", {}).get("attempts", [])
+        manifest["resume"] = {
+            "attempts": [
+                *earlier,
+                {k: previous.get(k) for k in ("started_at", "finished_at", "status", "error") if k in previous},
+            ]
+        }
+    if faults.active:
+        manifest["faults"] = list(faults.rules)
+    run.write_json("manifest.json", manifest)
+    log.info("run %s: %d input file(s), stages: %s", redact_url(run.path), len(files), [s.name for s in stages])
+    try:
+        with ray_session(cfg.ray) as ray_info:
+            import ray.data
+
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = os.environ.get("DQ_RAY_PROGRESS", "0") == "1"
+            reserve = cfg.ray.reserve_operator_resources
+            ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
+            ctx.max_consecutive_actor_init_deaths = cfg.ray.max_actor_restarts
+            manifest["ray"] = ray_info
+            stats = stats_actor_class().remote()
+            plan = Plan(
+                cfg,
+                files,
+                run,
+                stats,
+                cluster_gpus=ray_info["gpus"],
+                faults=faults,
+                cluster_cpus=ray_info["cpus"],
+                stages=stages,
+            )
+            for st, res in zip(stages, plan.resources):
+                manifest["stage_info"][st.name]["resources"] = asdict(res)
+            t0 = time.time()
+            try:
+                plan.execute()
+            finally:
+                if resumed:
+                    manifest["resume"]["reused"] = plan.reused
+            write_wall = time.time() - t0
+            raw_stats = ray.get(stats.summary.remote())
+        order = ["read"] + [n for s in stages for n in (f"{s.name}.fit", s.name, f"{s.name}.group")]
+        manifest["stages"] = _stage_table(raw_stats, order, plan.timings)
+        for name, info in plan.fits.items():
+            manifest["stage_info"][name]["fit"] = info
+        manifest["pipeline_wall_s"] = round(write_wall, 3)
+        manifest["counts"] = count_run(run)
+        manifest["flags"] = summarise_flags(run)
+        # dataset-level summaries of the stages that have one (``Stage.summarise_run``, e.g. pairs, askllm)
+        summaries = {st.name: summary for st in stages if (summary := st.summarise_run(run)) is not None}
+        if summaries:
+            manifest["summaries"] = summaries
+        if not manifest["counts"]["consistent"]:
+            raise RuntimeError(f"document counts do not add up: {manifest['counts']}")
+        manifest["status"] = "succeeded"
+    except BaseException as exc:
+        manifest["status"] = "failed"
+        manifest["error"] = redact_url(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest["wall_s"] = round(time.time() - started, 3)
+        run.write_json("manifest.json", manifest)
+    return RunResult(run.path, manifest)
+
+
+def count_run(run: RunDir) -> dict[str, Any]:
+    """Input records (from the per-file receipts) against accepted and rejected rows actually written."""
+    receipts = run.receipts()
+    input_records = sum(r["records"] for r in receipts)
+    accepted = run.count_rows("docs")
+    rejected_table = run.read_table("rejected", columns=["stage", "reason"])
+    rejected = rejected_table.num_rows
+    by_reason: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
+    if rejected:
+        counts = pc.value_counts(rejected_table.column("reason")).to_pylist()
+        by_reason = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
+        counts = pc.value_counts(rejected_table.column("stage")).to_pylist()
+        by_stage = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
+    return {
+        "input": input_records,
+        "accepted": accepted,
+        "rejected": rejected,
+        "rejected_by_reason": by_reason,
+        "rejected_by_stage": by_stage,
+        "consistent": input_records == accepted + rejected,
+    }
+
+
+def summarise_flags(run: RunDir) -> dict[str, dict[str, int]]:
+    """True/false/null counts of every boolean signal in ``docs/`` (``*_pass``, ``*_keep``...), streamed."""
+    import pyarrow.dataset as pads
+
+    files = run.fs.glob(f"{run.root}/docs/**/*.parquet")
+    if not files:
+        return {}
+    dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
+    bool_cols = [f.name for f in dataset.schema if pa.types.is_boolean(f.type)]
+    totals = {c: {"true": 0, "false": 0, "null": 0} for c in bool_cols}
+    for batch in dataset.to_batches(columns=bool_cols):
+        for col in bool_cols:
+            arr = batch.column(col)
+            trues = pc.sum(arr).as_py() or 0
+            nulls = arr.null_count
+            totals[col]["true"] += trues
+            totals[col]["null"] += nulls
+            totals[col]["false"] += len(arr) - trues - nulls
+    return totals

@@ -178,13 +178,26 @@ def discover_inputs(cfg: InputConfig) -> list[InputFile]:
     return files
 
 
+def glob_pattern(path: str, protocol: str | None = None) -> str:
+    """``path`` without the query string of an http(s) URL, where ``?`` starts a query, not a glob."""
+    http = protocol in ("http", "https") if protocol is not None else path.startswith(("http://", "https://"))
+    return path.split("?", 1)[0] if http else path
+
+
+def glob_base(pattern: str) -> str | None:
+    """The folder a glob pattern reads under (up to the last ``/`` before its first glob character); None when
+    ``pattern`` is not a glob."""
+    if not globlib.has_magic(pattern):
+        return None
+    return pattern[: min(pattern.find(c) for c in "*?[" if c in pattern)].rsplit("/", 1)[0]
+
+
 def _discover_one(cfg: InputConfig, raw: str, found: dict[str, InputFile]) -> None:
     shown = redact_url(raw)
     fs, root = fsspec.core.url_to_fs(raw)
-    pattern = root.split("?", 1)[0] if _protocol(fs) in ("http", "https") else root  # "?" starts a query
-    if globlib.has_magic(pattern):
+    base = glob_base(glob_pattern(root, _protocol(fs)))
+    if base is not None:
         matches = {p: i for p, i in fs.glob(root, detail=True).items() if i.get("type") != "directory"}
-        base = root[: min(root.find(c) for c in "*?[" if c in root)].rsplit("/", 1)[0]
         if not matches:
             raise InputError(f"input glob {shown!r} matches no file")
         explicit = "glob"

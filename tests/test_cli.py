@@ -20,11 +20,14 @@ def test_run_prints_summary_and_honours_options(ray_local, tiny_corpus, tmp_path
     out = tmp_path / "run"
     args = ["run", FAST, "--input", str(tiny_corpus), "--output", str(out)]
     args += ["--set", "input.batch_rows=25", "--set", "stages.heuristics.params.filters=[gopher_quality]"]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    result = CliRunner().invoke(main, [*args, "--progress-every", "0.5"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"run directory: {out}" in result.output
     assert "documents in" in result.output and "rejected" in result.output and "docs/s" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
+    # what 1e9 documents cost at this run's rates, per stage and in all
+    total = manifest["cost"]["total"]["core_hours"]
+    assert "core-h/1B" in result.output and f"~{total:,.0f} core-hours" in result.output
     assert manifest["config"]["input"]["batch_rows"] == 25
     docs = pq.read_table(out / "docs").to_pylist()
     assert all(d["heur_c4_pass"] is None for d in docs)  # only gopher_quality ran
@@ -35,7 +38,7 @@ def test_run_prints_summary_and_honours_options(ray_local, tiny_corpus, tmp_path
     both = CliRunner().invoke(main, [*args, "--resume", "--overwrite"])
     assert both.exit_code != 0 and "exclude each other" in both.output
     # resuming a finished run redoes nothing and leaves the same output
-    resumed = CliRunner().invoke(main, [*args, "--resume"], catch_exceptions=False)
+    resumed = CliRunner().invoke(main, [*args, "--resume", "--no-progress"], catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     after = json.loads((out / "manifest.json").read_text())
     assert after["counts"] == manifest["counts"] and after["resume"]["reused"]["phases"] == [0, 1]
@@ -48,6 +51,12 @@ def test_clear_errors_before_ray(tmp_path):
     assert r.exit_code != 0 and "does not exist" in r.output
     r = runner.invoke(main, ["run", "configs/demo.yaml", "--set", "stages.0.name=bogus"])
     assert r.exit_code != 0 and "unknown stage 'bogus'" in r.output
+    (tmp_path / "in").mkdir()
+    out = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "run")]
+    r = runner.invoke(main, ["run", "configs/demo.yaml", *out], env={"DQ_RAY_PROGRESS": "loud"})
+    assert r.exit_code != 0 and "progress mode 'loud'" in r.output and not (tmp_path / "run").exists()
+    r = runner.invoke(main, ["run", "configs/demo.yaml", *out, "--progress-every", "0"])
+    assert r.exit_code != 0 and "--progress-every" in r.output
 
 
 def test_validate_and_stages(tiny_corpus):

@@ -88,6 +88,29 @@ def test_top_fraction_keeps_the_highest_of_what_is_left(signals):
     assert np.nanmax(score[low.kept]) <= np.nanmin(score[~low.kept])
 
 
+def test_perplexity_rules_keep_the_lowest_or_drop_both_tails(signals):
+    from dq_ray.select.policy import TrimTailsRule
+
+    n = signals.num_rows
+    ppl = np.exp(np.random.default_rng(3).normal(3.0, 1.0, n))
+    ppl[::40] = np.nan  # documents without a perplexity (perplexity off, empty text) are never kept
+    table = signals.append_column("askllm_ppl", pa.array(ppl, pa.float32(), from_pandas=True))
+    policy = parse_policy({"rules": [{"kind": "trim_tails", "column": "askllm_ppl", "low": 0.05, "high": 0.1}]})
+    ev = evaluate(policy, table)
+    assert isinstance(policy.rules[0], TrimTailsRule) and ev.steps[0].label.startswith("drop the lowest 0.05")
+    valid = ~np.isnan(ppl)
+    assert ev.kept.sum() == valid.sum() - round(0.05 * n) - round(0.1 * n)
+    kept, dropped = ppl[ev.kept], ppl[valid & ~ev.kept]
+    low, high = dropped[dropped < np.median(kept)], dropped[dropped > np.median(kept)]
+    assert len(low) == round(0.05 * n) and len(high) == round(0.1 * n)
+    assert low.max() <= kept.min() and kept.max() <= high.min()  # the middle is kept, both tails go
+    keep_lowest = {"kind": "top_fraction", "column": "askllm_ppl", "fraction": 0.2, "ascending": True}
+    lowest = evaluate(parse_policy({"rules": [keep_lowest]}), table)  # keep the lowest perplexity
+    assert lowest.kept.sum() == round(0.2 * n) and ppl[lowest.kept].max() <= np.nanmin(ppl[valid & ~lowest.kept])
+    with pytest.raises(ConfigError, match=r"low \+ high < 1"):
+        parse_policy({"rules": [{"kind": "trim_tails", "column": "askllm_ppl", "low": 0.6, "high": 0.5}]})
+
+
 def test_density_sample_size_and_proportionality(signals):
     ev = evaluate(_policy(DensitySampleRule(size=300)), signals)
     assert ev.kept.sum() == 300
@@ -136,7 +159,7 @@ def test_deterministic_for_a_seed_and_independent_of_row_order(signals):
 
 
 def test_policy_parsing_errors():
-    with pytest.raises(ConfigError, match="valid kinds: filter, top_fraction, density_sample, topic_quota"):
+    with pytest.raises(ConfigError, match="valid kinds: filter, top_fraction, trim_tails, density_sample, topic_quota"):
         parse_policy({"rules": [{"kind": "sample"}]})
     with pytest.raises(ConfigError, match="valid keys: column, op, value, name"):
         parse_policy({"rules": [{"kind": "filter", "column": "a", "op": "is_true", "treshold": 1}]})

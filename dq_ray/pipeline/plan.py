@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,6 +56,27 @@ def _shuffle_partitions(cfg: JobConfig, files: list[InputFile]) -> int:
         return cfg.ray.shuffle_partitions
     total = sum(f.size for f in files)
     return max(1, min(4096, math.ceil(total * _SIGNAL_BYTES_PER_INPUT_BYTE / _SHUFFLE_BYTES_PER_PARTITION)))
+
+
+def shuffle_kind(cfg: JobConfig, files: list[InputFile]) -> str:
+    """``sort`` or ``hash``: the shuffle of this job's groupbys (``ray.shuffle``; ``auto`` decides by input size).
+
+    Ray's hash shuffle starts long-lived aggregator actors (about 10 s on a small machine, whatever the data);
+    the pull-based sort shuffle runs as plain tasks and costs about a second, which matters for every run that
+    is not huge. Measured in benchmarks/README.md ("Fixed costs").
+    """
+    if cfg.ray.shuffle != "auto":
+        return cfg.ray.shuffle
+    return "hash" if sum(f.size for f in files) >= cfg.ray.shuffle_hash_from_bytes else "sort"
+
+
+def use_shuffle(kind: str) -> None:
+    """Make ``kind`` the shuffle of Ray Data's groupbys and aggregations in this driver (the fits' too)."""
+    import ray.data
+    from ray.data.context import ShuffleStrategy
+
+    strategy = ShuffleStrategy.HASH_SHUFFLE if kind == "hash" else ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ray.data.DataContext.get_current().shuffle_strategy = strategy
 
 
 @dataclass
@@ -190,6 +211,8 @@ class Plan:
                     f"{cluster_gpus:g}; it would wait forever. Set its resources.num_gpus to 0 or add GPU nodes"
                 )
         self.partitions = _shuffle_partitions(cfg, files)
+        #: ``sort`` or ``hash``: the shuffle of the groupbys (see :func:`shuffle_kind`)
+        self.shuffle = shuffle_kind(cfg, files)
         users = [i for i, st in enumerate(self.stages) if "text" in st.inputs]
         self.last_text_user = max(users, default=-1)
         self.phases = phases_of(self.stages)
@@ -199,6 +222,9 @@ class Plan:
         #: per fitted stage, the digests of its signed artifacts (what workers may load)
         self.digests: dict[str, dict[str, str]] = {}
         self.timings: dict[str, float] = {}
+        #: called as ``on_step(kind, name, ended)`` when a phase (``"phase"``, its index) or a fit (``"fit"``, the
+        #: stage) starts (``ended`` False) and ends (True); :mod:`dq_ray.pipeline.progress` sets it
+        self.on_step: Callable[[str, str, bool], None] = lambda kind, name, ended: None
         #: what this attempt found already done: {"phases": [...], "shards": {phase: n}, "fits": [...]}
         self.reused: dict[str, Any] = {"phases": [], "shards": {}, "fits": []}
 
@@ -319,21 +345,42 @@ class Plan:
         data = ParquetFitData(self.run.sub(source), stage.artifacts_dir, self.run.count_rows(source))
         t0 = time.perf_counter()
         log.info("fitting %s on %d documents", name, data.num_rows())
+        self.on_step("fit", name, False)
         self.fits[name] = stage.fit_signed(data)
         self.digests[name] = verify_artifacts(stage.artifacts_dir)
         self.timings[f"{name}.fit"] = time.perf_counter() - t0
+        self.on_step("fit", name, True)
         self.run.mark_fit(name, self.fits[name])
         if self.faults.crash_after_fit == name:
             self.faults.crash_driver(f"after fitting {name}")
 
     def execute(self) -> None:
         """Run every phase not yet committed; remove the intermediate ``_work/`` at the end."""
+        use_shuffle(self.shuffle)
         for phase in self.phases:
             t0 = time.perf_counter()
+            self.on_step("phase", str(phase.index), False)
             self.run_phase(phase)
             self.timings[f"phase-{phase.index}"] = time.perf_counter() - t0
+            self.on_step("phase", str(phase.index), True)
         if len(self.phases) > 1 and self.run.fs.exists(f"{self.run.root}/_work"):
             self.run.fs.rm(f"{self.run.root}/_work", recursive=True)
+
+    def phase_table(self) -> list[dict[str, Any]]:
+        """The manifest's ``phases`` block: what each phase ran and its wall time (fit included), in order."""
+        table = []
+        for ph in self.phases:
+            row: dict[str, Any] = {
+                "phase": ph.index,
+                "stages": [self.stages[i].name for i in ph.stages],
+                "wall_s": round(self.timings.get(f"phase-{ph.index}", 0.0), 3),
+            }
+            if ph.fit is not None:
+                row["fit"] = self.stages[ph.fit].name
+            if ph.group is not None:
+                row["group"] = self.stages[ph.group].name
+            table.append(row)
+        return table
 
     def run_phase(self, ph: Phase) -> None:
         """Run one phase: skip it when committed, else redo its incomplete shards (a group phase: all of it)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,8 @@ from dq_ray.io.guard import check_output
 from dq_ray.io.readers import changed_inputs
 from dq_ray.pipeline.faults import Faults
 from dq_ray.pipeline.faults import from_env as faults_from_env
-from dq_ray.pipeline.plan import Plan
+from dq_ray.pipeline.plan import READ_CPUS, Plan
+from dq_ray.pipeline.progress import progress_of, resolve_every, resolve_mode
 from dq_ray.pipeline.session import ray_session
 from dq_ray.pipeline.workers import stats_actor_class
 from dq_ray.stage import Stage
@@ -78,6 +78,62 @@ def _stage_table(
     return table
 
 
+#: CPUs a groupby task holds (Ray's default for a task that names none)
+GROUP_CPUS = 1.0
+#: CPUs a fit is assumed to hold: it runs on the driver, or in one task, for its whole wall time
+FIT_CPUS = 1.0
+#: documents the cost block is given for
+COST_DOCS = 1_000_000_000
+COST_BASIS = (
+    "per stage, its measured seconds per document scaled to 1e9 documents: core-hours = busy_s x num_cpus / rows, "
+    "GPU-hours = busy_s x num_gpus / rows (num_cpus, num_gpus: what each of its workers asks for, the config's "
+    "resources; a small machine may give it less, stage_info.<stage>.resources; read tasks hold 0.5 CPU, groupby "
+    "tasks 1); a fit: wall_s x 1 CPU (assumed: "
+    "the driver or one task) per document of its stage, scaled as if linear (a fit on a fixed-size sample costs "
+    "less at scale, one that runs its own Ray Data job over the whole corpus may hold more CPUs). Busy time counts "
+    "only time inside batches (full utilisation): idle actors, commits, Ray Data's repartitions and the driver "
+    "are not in it. setup_core_hours (model loads) is measured, per worker, and does not scale with documents."
+)
+
+
+def cost_of(stages: dict[str, dict[str, Any]], resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's ``cost`` block: core-hours and GPU-hours per 1e9 documents of every step of ``stages`` (the
+    manifest's ``stages`` block) from its measured seconds per document (see :data:`COST_BASIS`).
+
+    ``resources``: per stage, the ``num_cpus`` and ``num_gpus`` each of its workers asks for.
+    """
+    per: dict[str, dict[str, Any]] = {}
+    for name, s in stages.items():
+        if name.endswith(".fit"):
+            rows, busy, setup = stages.get(name[: -len(".fit")], {}).get("rows"), s["wall_s"], 0.0
+            cpus, gpus = FIT_CPUS, 0.0
+        else:
+            rows, busy, setup = s["rows"], s["busy_s"], s["setup_s"]
+            if name == "read":
+                cpus, gpus = READ_CPUS, 0.0
+            elif name.endswith(".group"):
+                cpus, gpus = GROUP_CPUS, 0.0
+            else:
+                res = resources.get(name, {})
+                cpus, gpus = float(res.get("num_cpus") or 0.0), float(res.get("num_gpus") or 0.0)
+        if not rows:
+            continue
+        scale = COST_DOCS / rows / 3600
+        per[name] = {
+            "core_hours": round(busy * cpus * scale, 3),
+            "gpu_hours": round(busy * gpus * scale, 3),
+            "num_cpus": cpus,
+            "num_gpus": gpus,
+            "rows": rows,
+            "setup_core_hours": round(setup * cpus / 3600, 6),
+        }
+    total = {
+        key: round(sum(c[key] for c in per.values()), 6 if key.startswith("setup") else 3)
+        for key in ("core_hours", "gpu_hours", "setup_core_hours")
+    }
+    return {"documents": COST_DOCS, "per_1b_docs": per, "total": total, "basis": COST_BASIS}
+
+
 def _resume_check(run: RunDir, cfg_dict: dict[str, Any], files: list[InputFile]) -> dict[str, Any]:
     """The earlier attempt's manifest; refuses a resume whose input or stages differ from it, or whose input
     files changed since they were read (size or modification time against their receipts)."""
@@ -103,14 +159,25 @@ def _resume_check(run: RunDir, cfg_dict: dict[str, Any], files: list[InputFile])
     return before
 
 
-def run_job(cfg: JobConfig, overwrite: bool = False, resume: bool = False) -> RunResult:
+def run_job(
+    cfg: JobConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: str | None = None,
+    progress_every: float | None = None,
+) -> RunResult:
     """Run a whole job: read, score, group, write ``docs/``, ``rejected/`` and ``manifest.json``.
 
     Input paths and the config are checked before Ray starts. With ``resume``, an earlier attempt in the same
     run directory (killed, or failed) is continued: committed shards, phases and fits are kept, the rest is
     redone (see docs/reliability.md). Raises on failure after recording ``status: failed`` and the error in the
     manifest.
+
+    ``progress`` (``auto``, ``bars``, ``log``, ``off``, ``ray``; None: ``$DQ_RAY_PROGRESS``, else ``auto``) and
+    ``progress_every`` (seconds between plain lines; None: ``$DQ_RAY_PROGRESS_EVERY``, else 10) choose how the
+    run shows its progress (:mod:`dq_ray.pipeline.progress`).
     """
+    mode, every = resolve_mode(progress), resolve_every(progress_every)
     check_output(cfg.output.path, cfg.input.paths)
     files = discover_inputs(cfg.input)
     stages = [sc.build() for sc in cfg.stages]
@@ -120,7 +187,7 @@ def run_job(cfg: JobConfig, overwrite: bool = False, resume: bool = False) -> Ru
     previous = _resume_check(run, cfg_dict, files) if resume and run.state() == "run" else {}
     resumed = run.prepare(overwrite=overwrite, resume=resume)
     try:
-        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed)
+        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed, (mode, every))
     finally:
         run.release()
 
@@ -134,6 +201,7 @@ def _run_prepared(
     cfg_dict: dict[str, Any],
     previous: dict[str, Any],
     resumed: bool,
+    progress: tuple[str, float] = ("off", 10.0),
 ) -> RunResult:
     """:func:`run_job` once the run directory is taken (locked, layout made)."""
     started = time.time()
@@ -165,7 +233,7 @@ def _run_prepared(
             import ray.data
 
             ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = os.environ.get("DQ_RAY_PROGRESS", "0") == "1"
+            ctx.enable_progress_bars = progress[0] == "ray"  # Ray Data's own bars; ours: dq_ray.pipeline.progress
             reserve = cfg.ray.reserve_operator_resources
             ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
             ctx.max_consecutive_actor_init_deaths = cfg.ray.max_actor_restarts
@@ -183,9 +251,14 @@ def _run_prepared(
             )
             for st, res in zip(stages, plan.resources):
                 manifest["stage_info"][st.name]["resources"] = asdict(res)
+            # what each stage's workers ask for, before a small machine shrinks it (Plan: share_cpus): the cost basis
+            asked = {
+                st.name: asdict(st.resources_for(sc.resources, ray_info["gpus"])) for st, sc in zip(stages, cfg.stages)
+            }
             t0 = time.time()
             try:
-                plan.execute()
+                with progress_of(plan, stats, files, *progress):
+                    plan.execute()
             finally:
                 if resumed:
                     manifest["resume"]["reused"] = plan.reused
@@ -193,9 +266,15 @@ def _run_prepared(
             raw_stats = ray.get(stats.summary.remote())
         order = ["read"] + [n for s in stages for n in (f"{s.name}.fit", s.name, f"{s.name}.group")]
         manifest["stages"] = _stage_table(raw_stats, order, plan.timings)
+        manifest["cost"] = cost_of(manifest["stages"], asked)
+        for name, c in manifest["cost"]["per_1b_docs"].items():
+            manifest["stages"][name]["core_hours_per_1b_docs"] = c["core_hours"]
+            manifest["stages"][name]["gpu_hours_per_1b_docs"] = c["gpu_hours"]
         for name, info in plan.fits.items():
             manifest["stage_info"][name]["fit"] = info
         manifest["pipeline_wall_s"] = round(write_wall, 3)
+        manifest["phases"] = plan.phase_table()
+        manifest["shuffle"] = plan.shuffle
         manifest["counts"] = count_run(run)
         manifest["flags"] = summarise_flags(run)
         # dataset-level summaries of the stages that have one (``Stage.summarise_run``, e.g. pairs, askllm)

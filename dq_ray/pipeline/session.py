@@ -15,6 +15,41 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
+#: Ray's notices a dq-ray user cannot act on, by the logger that emits them and the start of the message: the
+#: hint to set a DataContext flag (dq-ray shows its own progress, see dq_ray.pipeline.progress) and the notice
+#: that a new local Ray turned token authentication on by default (the embedded Ray keeps it on and listens on
+#: 127.0.0.1). Ray's other warnings, the warning that token authentication is *off* included, are kept.
+RAY_NOTICES: dict[str, tuple[str, ...]] = {
+    "ray.data._internal.progress": ("Progress bars disabled. To enable, set",),
+    "ray._private.authentication.authentication_token_setup": (
+        "Token authentication is enabled for this Ray cluster. Set",
+    ),
+}
+
+
+class _DropNotices(logging.Filter):
+    """Drops the log records whose message starts with one of ``prefixes`` (see :data:`RAY_NOTICES`)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted is not one of ours to judge
+            return True
+        return not message.startswith(self.prefixes)
+
+
+def quiet_ray_notices() -> None:
+    """Filter :data:`RAY_NOTICES` out of Ray's loggers in this process (idempotent). A filter sits on the logger
+    that creates the record, so nothing else those loggers say, and nothing other loggers say, is touched."""
+    for name, prefixes in RAY_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(prefixes))
+
 
 class RaySettings(Protocol):
     """What :func:`ray_session` reads of the config's ``ray:`` section (:class:`dq_ray.config.RayConfig`)."""
@@ -61,6 +96,7 @@ def ray_session(cfg: RaySettings) -> Iterator[dict[str, Any]]:
     """
     import ray
 
+    quiet_ray_notices()
     started = False
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")

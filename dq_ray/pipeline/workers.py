@@ -43,19 +43,24 @@ def stats_actor_class():
         """Collects (rows, seconds) per stage from every worker, for the manifest.
 
         Each report carries a key naming its batch; a batch reported twice (a retried task, a restarted actor)
-        counts once.
+        counts once. The driver's progress reporter (:mod:`dq_ray.pipeline.progress`) polls :meth:`progress`.
         """
 
         def __init__(self) -> None:
             self.data: dict[str, dict[str, Any]] = {}
             self.seen: set[tuple[str, str]] = set()
+            #: the reports in arrival order (the same tuples as ``seen``), for :meth:`progress`
+            self.order: list[tuple[str, str]] = []
 
         def record(
             self, stage: str, key: str, rows: int, busy: float, start: float, end: float, setup: float, worker: str
         ) -> None:
-            if (stage, key) in self.seen:
+            """Add one batch of ``stage`` (``key`` names it; the read stage's key is its input file)."""
+            batch = (stage, key)
+            if batch in self.seen:
                 return
-            self.seen.add((stage, key))
+            self.seen.add(batch)
+            self.order.append(batch)
             s = self.data.setdefault(
                 stage,
                 {"rows": 0, "busy_s": 0.0, "setup_s": 0.0, "start": start, "end": end, "calls": 0, "workers": set()},
@@ -69,7 +74,15 @@ def stats_actor_class():
             s["end"] = max(s["end"], end)
 
         def summary(self) -> dict[str, dict[str, Any]]:
+            """Per stage: rows, busy and setup seconds, first start and last end (Unix), batches, workers (a set)."""
             return self.data
+
+        def progress(self, since: int = 0) -> dict[str, Any]:
+            """What a progress poll needs, small: the per-stage totals of :meth:`summary` (``workers`` as a count),
+            the ``(stage, key)`` pairs reported after the first ``since`` (``new``) and how many there are now
+            (``next``: the ``since`` of the next poll)."""
+            stages = {name: {**s, "workers": len(s["workers"])} for name, s in self.data.items()}
+            return {"stages": stages, "new": self.order[since:], "next": len(self.order)}
 
     return StageStats
 

@@ -7,6 +7,7 @@ A policy is data (YAML, in a file for ``dq-ray select`` or under ``selection:`` 
       - {kind: filter, column: heur_gopher_quality_pass, op: is_true}
       - {kind: filter, column: exact_dup_keep, op: is_true}
       - {kind: top_fraction, column: askllm_score, fraction: 0.5}
+      - {kind: trim_tails, column: askllm_ppl, low: 0.05, high: 0.05}   # drop both perplexity tails
       - {kind: density_sample, fraction: 0.6}          # or size: 100000
       - {kind: topic_quota, max_share: 0.05}           # or max_per_topic: 1000
 
@@ -16,7 +17,11 @@ Rule kinds (:data:`RULE_KINDS`):
   ``is_false`` for flags such as ``heur_*_pass`` and ``*_keep``, ``in`` / ``not_in`` with a list). A null never
   passes a comparison (``is_null`` / ``not_null`` test for it).
 * ``top_fraction``: keep the ``fraction`` of the remaining rows with the highest ``column`` (lowest with
-  ``ascending: true``); rows with a null value are not kept.
+  ``ascending: true``: ``{kind: top_fraction, column: askllm_ppl, fraction: 0.8, ascending: true}`` keeps the
+  80 % with the lowest perplexity); rows with a null value are not kept.
+* ``trim_tails``: drop the ``low`` share of the remaining rows with the lowest ``column`` and the ``high`` share
+  with the highest, keeping the middle (for perplexity: the lowest are repeated boilerplate and lists, the
+  highest garbled text); rows with a null value are not kept.
 * ``density_sample``: Density sampling: draw ``size`` rows (or ``fraction`` of the remaining ones) without
   replacement, with probability proportional to ``column`` (``density_weight``); weighted reservoir keys
   ``u ** (1 / w)`` (Efraimidis & Spirakis) with ``u`` a hash of the document key and the seed.
@@ -162,6 +167,46 @@ class TopFractionRule:
 
 
 @dataclass(frozen=True)
+class TrimTailsRule:
+    """Drop both tails of ``column``: the ``low`` share of the remaining rows with the lowest values and the
+    ``high`` share with the highest (each rounded to the nearest row; ties broken by the seeded document hash).
+
+    Attributes:
+        column: a signal such as ``askllm_ppl`` (perplexity) or ``askllm_doc_logprob``.
+        low: share of the remaining rows dropped at the low end, in [0, 1).
+        high: share dropped at the high end, in [0, 1); ``low + high`` < 1.
+        name: a label for the report.
+    """
+
+    column: str
+    low: float = 0.0
+    high: float = 0.0
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.low < 1 and 0 <= self.high < 1 and self.low + self.high < 1):
+            raise ValueError("low and high must be in [0, 1) with low + high < 1")
+        if self.low == 0 and self.high == 0:
+            raise ValueError("give low or high (a share of rows to drop at that end)")
+
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def label(self) -> str:
+        return self.name or f"drop the lowest {self.low:g} and highest {self.high:g} by {self.column}"
+
+    def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
+        values, valid = data.values(self.column)
+        n_alive = int(alive.sum())
+        cand = np.flatnonzero(alive & valid)
+        order = cand[np.lexsort((data.hash_keys[cand], values[cand].astype(np.float64)))]
+        start, stop = round(self.low * n_alive), len(order) - round(self.high * n_alive)
+        out = np.zeros(len(alive), dtype=bool)
+        out[order[start : max(start, stop)]] = True
+        return out
+
+
+@dataclass(frozen=True)
 class DensitySampleRule:
     """Density sampling: ``size`` rows (or ``fraction`` of the remaining) drawn with probability ~ ``column``.
 
@@ -265,11 +310,12 @@ class TopicQuotaRule:
         return out
 
 
-Rule = FilterRule | TopFractionRule | DensitySampleRule | TopicQuotaRule
+Rule = FilterRule | TopFractionRule | TrimTailsRule | DensitySampleRule | TopicQuotaRule
 
 RULE_KINDS: dict[str, type] = {
     "filter": FilterRule,
     "top_fraction": TopFractionRule,
+    "trim_tails": TrimTailsRule,
     "density_sample": DensitySampleRule,
     "topic_quota": TopicQuotaRule,
 }

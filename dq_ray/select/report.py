@@ -14,8 +14,9 @@ Quality summary (:func:`quality_summary`):
   (``heur_*_pass`` false);
 * **completeness**: fill rate of the text (accepted documents / input records) and of every kept input field
   (non-null, non-empty), and the share of input records with every one of them filled;
-* **coherence**: the Ask-LLM score distribution (when the run has ``askllm_score``) and the repetition signals
-  (duplicate lines / paragraphs / n-grams) with the Gopher repetition failure rate;
+* **coherence**: the Ask-LLM score and the documents' perplexity under the judge model (when the run has
+  ``askllm_score`` / ``askllm_ppl``) and the repetition signals (duplicate lines / paragraphs / n-grams) with the
+  Gopher repetition failure rate;
 * **freshness**: for a kept input field named like a date (``date``, ``published``, ``created``, ``timestamp``)
   that parses as dates, the age distribution in days at the time of the run;
 * **duplicates**: the share of documents not kept by exact, near (MinHash) and semantic (SemDeDup) dedup;
@@ -143,6 +144,8 @@ def quality_summary(manifest: dict[str, Any], signals: pa.Table, rejected: pa.Ta
     coherence: dict[str, Any] = {}
     if "askllm_score" in names:
         coherence["askllm_score"] = distribution(_numeric(signals, "askllm_score"))
+    if "askllm_ppl" in names and signals.column("askllm_ppl").null_count < docs:
+        coherence["askllm_ppl"] = distribution(_numeric(signals, "askllm_ppl"))
     coherence["repetition"] = {c: distribution(_numeric(signals, c)) for c in REPETITION_COLUMNS if c in names}
     if "heur_gopher_repetition_pass" in names:
         coherence["gopher_repetition_fail_rate"] = heur["heur_gopher_repetition_pass"]["rate"]
@@ -326,7 +329,7 @@ def _rule_score_columns(policy: Any) -> list[str]:
     cols = []
     for r in policy.rules:
         kind = type(r).__name__
-        if kind in ("TopFractionRule", "DensitySampleRule"):
+        if kind in ("TopFractionRule", "TrimTailsRule", "DensitySampleRule"):
             cols.append(r.column)
         elif kind == "FilterRule" and r.op in ("<", "<=", ">", ">="):
             cols.append(r.column)
@@ -403,6 +406,8 @@ def _sections(s: dict[str, Any], examples: dict[int, list[dict]], steps: list[di
         coherence_rows.insert(0, dist_row("askllm_score", coh["askllm_score"]))
     else:
         coherence_rows.insert(0, ["askllm_score", "not in this run", "", "", "", "", "", ""])
+    if "askllm_ppl" in coh:
+        coherence_rows.insert(1, dist_row("askllm_ppl (perplexity)", coh["askllm_ppl"]))
     sections = [
         (
             "Dataset quality summary",

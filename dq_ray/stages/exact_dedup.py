@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 
@@ -27,9 +26,15 @@ from dq_ray.stage import Resources, Stage, append_columns, register
 _SPACE = re.compile(r"\s+")
 
 
+#: Planes 0 and 1: every Unicode punctuation character lies there (planes 2-3 hold CJK ideographs, 14 tags and
+#: variation selectors, 15-16 private use); scanning them only is 10x faster than scanning all of Unicode.
+_PUNCTUATION_PLANES = 0x20000
+
+
 @functools.cache
 def _punctuation_table() -> dict[int, None]:
-    return dict.fromkeys(i for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P"))
+    """``str.translate`` table deleting every character of a Unicode ``P*`` category (computed once per worker)."""
+    return dict.fromkeys(i for i in range(_PUNCTUATION_PLANES) if unicodedata.category(chr(i))[0] == "P")
 
 
 def normalise(text: str) -> str:

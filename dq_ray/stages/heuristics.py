@@ -1,24 +1,27 @@
-"""Heuristic quality signals through datatrove's own filters.
+"""Heuristic quality signals: the verdicts of datatrove's quality filters, and the numbers behind them.
 
-For every document, each configured datatrove filter (Gopher quality, Gopher repetition, C4 quality,
-FineWeb quality) is run on its own copy of the text, and its verdict is recorded as
-``heur_<filter>_pass`` and ``heur_<filter>_reason`` (datatrove's reason string, null when it passes).
-Signals are recorded, never used to drop rows: dropping is selection's job.
+For every document the stage records the verdict of each configured datatrove filter (Gopher quality, Gopher
+repetition, C4 quality, FineWeb quality) as ``heur_<filter>_pass`` and ``heur_<filter>_reason`` (datatrove's
+reason string, null when it passes), and the numbers those filters threshold on, so a user can pick other
+thresholds later without recomputing anything. Signals are recorded, never used to drop rows (selection's job),
+and the text is never changed (datatrove's C4 filter rewrites the documents it keeps; here it only judges).
 
-Next to the verdicts the stage records the numbers those filters threshold on, computed with datatrove's
-own tokenizer and helper functions (``split_into_words``, ``find_duplicates``, ``find_top_duplicate``,
-``find_all_duplicate``), so a user can pick other thresholds later without recomputing anything.
+Two engines give the same verdicts and reasons:
+
+* ``fast`` (the default): the document is tokenized once with datatrove's ``split_into_words`` and split once
+  into lines, paragraphs and n-grams (``_heuristic_stats.measure``); all four verdicts and the numbers are
+  derived from those counts, with datatrove's thresholds, arguments and order of checks;
+* ``datatrove``: each datatrove filter object's ``filter()`` runs on its own copy of the document, as a
+  reference for checking any disagreement (several times slower).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from dq_ray.errors import ConfigError
@@ -27,10 +30,11 @@ from dq_ray.stage import Resources, Stage, append_columns, register
 log = logging.getLogger(__name__)
 
 FILTER_NAMES = ("gopher_quality", "gopher_repetition", "c4", "fineweb")
+ENGINES = ("fast", "datatrove")
 TOP_NGRAMS = (2, 3, 4)
 DUP_NGRAMS = (5, 6, 7, 8, 9, 10)
-# C4 splits every line into sentences, which evicts the document's words from datatrove's small tokenizer
-# cache; running it last lets the other three filters reuse one tokenization of the document.
+# engine "datatrove": C4 splits every line into sentences, which evicts the document's words from datatrove's
+# small tokenizer cache; running it last lets the other three filters reuse one tokenization of the document.
 _EVALUATION_ORDER = ("gopher_quality", "gopher_repetition", "fineweb", "c4")
 
 #: The numeric signals, with what each one measures (documented in docs/schema.md).
@@ -76,6 +80,18 @@ def _filter_classes() -> dict[str, type]:
     }
 
 
+def _check_ngram_sizes(kwargs: dict) -> None:
+    """``top_n_grams`` / ``dup_n_grams`` must be ``[n, fraction]`` pairs with a whole ``n >= 1`` (datatrove loops
+    forever on ``dup_n_grams`` sizes below 1)."""
+    for key in ("top_n_grams", "dup_n_grams"):
+        for pair in kwargs.get(key, ()):
+            ok = isinstance(pair, (list, tuple)) and len(pair) == 2
+            if not ok or isinstance(pair[0], bool) or not isinstance(pair[0], int) or pair[0] < 1:
+                raise ConfigError(
+                    f"heuristics.gopher_repetition.{key}: expected [n, fraction] pairs, n >= 1; got {pair!r}"
+                )
+
+
 @dataclass(frozen=True)
 class HeuristicsParams:
     """Settings of the ``heuristics`` stage.
@@ -85,7 +101,12 @@ class HeuristicsParams:
         filters: which datatrove filters to run (``gopher_quality``, ``gopher_repetition``, ``c4``,
             ``fineweb``); columns of filters not run are null.
         gopher_quality, gopher_repetition, c4, fineweb: keyword arguments for that datatrove filter's
-            constructor (e.g. ``{min_doc_words: 30}``); defaults are datatrove's.
+            constructor (e.g. ``{min_doc_words: 30}``); defaults are datatrove's. A list given for FineWeb's
+            ``stop_chars`` is passed on as a tuple (datatrove needs one for ``str.endswith``).
+        engine: ``fast`` (default) derives every verdict from one tokenization and one split of each document
+            into lines, paragraphs and n-grams; ``datatrove`` calls each datatrove filter's ``filter()`` on its
+            own copy of the document (slower; the reference, to check any disagreement). Both give the same
+            verdicts, reasons and numbers.
     """
 
     language: str = "en"
@@ -94,11 +115,14 @@ class HeuristicsParams:
     gopher_repetition: dict = field(default_factory=dict)
     c4: dict = field(default_factory=dict)
     fineweb: dict = field(default_factory=dict)
+    engine: str = "fast"
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.filters if f not in FILTER_NAMES]
         if unknown:
             raise ConfigError(f"heuristics.filters: unknown {unknown}; valid: {', '.join(FILTER_NAMES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"heuristics.engine: unknown {self.engine!r}; valid: {', '.join(ENGINES)}")
         classes = _filter_classes()
         for name in FILTER_NAMES:
             kwargs = getattr(self, name)
@@ -113,6 +137,14 @@ class HeuristicsParams:
                     f"heuristics.{name}: unknown argument(s) {bad} for datatrove's {classes[name].__name__}; "
                     f"valid: {', '.join(sorted(accepted))}"
                 )
+        _check_ngram_sizes(self.gopher_repetition)
+
+    def filter_kwargs(self, name: str) -> dict[str, Any]:
+        """The keyword arguments for datatrove filter ``name`` (a list of FineWeb ``stop_chars`` as a tuple)."""
+        kwargs = dict(getattr(self, name))
+        if name == "fineweb" and isinstance(kwargs.get("stop_chars"), list):
+            kwargs["stop_chars"] = tuple(kwargs["stop_chars"])
+        return kwargs
 
 
 def _outputs() -> dict[str, pa.DataType]:
@@ -136,34 +168,43 @@ class Heuristics(Stage):
     default_resources = Resources(num_cpus=1, batch_size=128)
 
     def setup(self) -> None:
-        from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
+        from dq_ray.stages import _heuristic_stats as hs
 
         p: HeuristicsParams = self.params
         classes = _filter_classes()
-        self.filters = {name: classes[name](language=p.language, **getattr(p, name)) for name in p.filters}
-        stop_words = p.gopher_quality.get("stop_words")
-        self.stop_words = set(STOP_WORDS if stop_words is None else stop_words)  # as datatrove does
-        self.short_line_length = int(p.fineweb.get("short_line_length", 30))
-        fineweb = self.filters.get("fineweb") or classes["fineweb"](language=p.language)
-        self.stop_chars = tuple(fineweb.stop_chars)
+        # every filter object is built (cheap): its attributes are datatrove's resolved settings
+        objects = {name: classes[name](language=p.language, **p.filter_kwargs(name)) for name in FILTER_NAMES}
+        self.filters = {name: objects[name] for name in p.filters}
+        self.settings = {name: hs.settings_from_filter(name, objects[name]) for name in p.filters}
+        repetition = hs.settings_from_filter("gopher_repetition", objects["gopher_repetition"])
+        self.measure_config = hs.MeasureConfig(
+            stop_words=frozenset(objects["gopher_quality"].stop_words),  # as datatrove does
+            stop_chars=tuple(objects["fineweb"].stop_chars),
+            short_line_length=int(p.fineweb.get("short_line_length", 30)),
+            top_ngrams=tuple(dict.fromkeys([*TOP_NGRAMS, *(n for n, _ in repetition.top_n_grams)])),
+            dup_ngrams=tuple(dict.fromkeys([*DUP_NGRAMS, *(n for n, _ in repetition.dup_n_grams)])),
+        )
 
     def process(self, batch: pa.Table) -> pa.Table:
-        from datatrove.data import Document
+        from dq_ray.stages._heuristic_stats import c4_wants_sentences, measure, tokenize
 
         texts = batch.column("text").to_pylist()
         ids = batch.column("id").to_pylist() if "id" in batch.column_names else [""] * len(texts)
+        language = self.params.language
+        judge = self._verdicts_datatrove if self.params.engine == "datatrove" else self._verdicts_fast
+        # engine "fast": C4 may split a whole text into sentences; that comes from the words' tokenizer pass.
+        # engine "datatrove": its filters find these words in datatrove's tokenizer cache.
+        c4 = self.settings.get("c4") if self.params.engine == "fast" else None
         verdicts: dict[str, list] = {f"heur_{n}_{k}": [] for n in FILTER_NAMES for k in ("pass", "reason")}
         numbers: dict[str, list] = {col: [] for col in NUMBERS}
         for doc_id, text in zip(ids, texts):
-            words = self._words(text)
-            for col, value in self.numbers(text, words).items():
+            words, sentences = tokenize(text, language, sentences=c4 is not None and c4_wants_sentences(text, c4))
+            stats = measure(text, words, self.measure_config, sentences)
+            for col, value in self.numbers(stats).items():
                 numbers[col].append(value)
-            for name in _EVALUATION_ORDER:
-                flt = self.filters.get(name)
-                if flt is None:
-                    ok, reason = None, None
-                else:
-                    ok, reason = _verdict(flt, Document(text=text, id=str(doc_id)), name)
+            judged = judge(text, str(doc_id), stats)
+            for name in FILTER_NAMES:
+                ok, reason = judged.get(name, (None, None))
                 verdicts[f"heur_{name}_pass"].append(ok)
                 verdicts[f"heur_{name}_reason"].append(reason)
         columns = {}
@@ -172,68 +213,72 @@ class Heuristics(Stage):
             columns[col] = pa.array(values, type=dtype)
         return append_columns(batch, columns)
 
-    def _words(self, text: str) -> list[str]:
-        from datatrove.utils.text import split_into_words
+    def _verdicts_fast(self, text: str, doc_id: str, stats: Any) -> dict[str, tuple[bool, str | None]]:
+        """Every configured filter's verdict, from the document's statistics."""
+        from dq_ray.stages import _heuristic_stats as hs
 
-        # datatrove caches this call, so the filters below reuse the same tokenization
-        return split_into_words(text, self.params.language)
+        out = {}
+        for name, settings in self.settings.items():
+            try:
+                if name == "gopher_quality":
+                    out[name] = hs.gopher_quality_verdict(stats, settings)
+                elif name == "gopher_repetition":
+                    out[name] = hs.gopher_repetition_verdict(stats, settings)
+                elif name == "c4":
+                    out[name] = hs.c4_verdict(text, stats, settings, self.params.language)
+                else:
+                    out[name] = hs.fineweb_verdict(stats, settings, self.measure_config)
+            except Exception as exc:  # the divisions datatrove makes by counts that can be 0 fail here too
+                log.debug("heuristics %s raised on %s: %r", name, doc_id, exc)
+                out[name] = (False, f"error:{type(exc).__name__}")
+        return out
 
-    def numbers(self, text: str, words: list[str]) -> dict[str, Any]:
-        """The numbers datatrove's filters threshold on, for one document (None where undefined)."""
-        from datatrove.pipeline.filters.gopher_repetition_filter import (
-            find_all_duplicate,
-            find_duplicates,
-            find_top_duplicate,
-            get_n_grams,
-        )
-        from datatrove.utils.text import PUNCTUATION_SET
+    def _verdicts_datatrove(self, text: str, doc_id: str, stats: Any) -> dict[str, tuple[bool, str | None]]:
+        """Every configured filter's verdict from datatrove's own ``filter()``, each on its own Document."""
+        from datatrove.data import Document
 
-        n_chars = len(text)
-        n_words = len(words)
-        lines = text.splitlines()
-        non_symbol = [w for w in words if any(ch not in PUNCTUATION_SET for ch in w)]
+        out = {}
+        for name in _EVALUATION_ORDER:
+            if name in self.filters:
+                out[name] = _verdict(self.filters[name], Document(text=text, id=doc_id), name)
+        return out
+
+    @staticmethod
+    def numbers(s: Any) -> dict[str, Any]:
+        """The numeric signals (:data:`NUMBERS`) of one measured document (None where undefined)."""
 
         def ratio(num: float, den: float) -> float | None:
             return float(num) / den if den else None
 
+        n_chars, n_words = s.n_chars, s.n_words
         out: dict[str, Any] = {
             "heur_n_chars": n_chars,
-            "heur_n_lines": len(lines),
+            "heur_n_lines": len(s.lines),
             "heur_n_words": n_words,
-            "heur_word_count": len(non_symbol),
-            "heur_mean_word_length": float(np.mean([len(w) for w in non_symbol])) if non_symbol else None,
-            "heur_hash_word_ratio": ratio(text.count("#"), n_words),
-            "heur_ellipsis_word_ratio": ratio(text.count("...") + text.count("…"), n_words),
-            "heur_bullet_lines_ratio": ratio(sum(s.lstrip().startswith(("•", "-")) for s in lines), len(lines)),
-            "heur_ellipsis_lines_ratio": ratio(sum(s.rstrip().endswith(("...", "…")) for s in lines), len(lines)),
-            "heur_alpha_words_ratio": ratio(sum(any(c.isalpha() for c in w) for w in words), n_words),
-            "heur_stop_word_count": len(self.stop_words.intersection(words)),
+            "heur_word_count": s.word_count,
+            "heur_mean_word_length": s.word_chars / s.word_count if s.word_count else None,
+            "heur_hash_word_ratio": ratio(s.hashes, n_words),
+            "heur_ellipsis_word_ratio": ratio(s.ellipses, n_words),
+            "heur_bullet_lines_ratio": ratio(s.bullet_lines, len(s.lines)),
+            "heur_ellipsis_lines_ratio": ratio(s.ellipsis_lines, len(s.lines)),
+            "heur_alpha_words_ratio": ratio(s.alpha_words, n_words),
+            "heur_stop_word_count": s.stop_words,
+            "heur_dup_para_frac": ratio(s.dup_paragraphs, s.paragraphs),
+            "heur_dup_para_char_frac": ratio(s.dup_paragraph_chars, n_chars),
+            "heur_dup_line_frac": ratio(s.dup_line_runs, s.line_runs),
+            "heur_dup_line_char_frac": ratio(s.dup_line_run_chars, n_chars),
         }
-        paragraphs = _PARAGRAPH.split(text.strip())
-        dup_paras, dup_para_chars = find_duplicates(paragraphs)
-        out["heur_dup_para_frac"] = ratio(dup_paras, len(paragraphs))
-        out["heur_dup_para_char_frac"] = ratio(dup_para_chars, n_chars)
-        rep_lines = _LINES.split(text)
-        dup_lines, dup_line_chars = find_duplicates(rep_lines)
-        out["heur_dup_line_frac"] = ratio(dup_lines, len(rep_lines))
-        out["heur_dup_line_char_frac"] = ratio(dup_line_chars, n_chars)
         for n in TOP_NGRAMS:
-            grams = get_n_grams(words, n)
-            out[f"heur_top_{n}gram_char_frac"] = ratio(find_top_duplicate(grams), n_chars) if grams else 0.0
+            top = s.top_chars[n]
+            out[f"heur_top_{n}gram_char_frac"] = ratio(top, n_chars) if top is not None else 0.0
         for n in DUP_NGRAMS:
-            out[f"heur_dup_{n}gram_char_frac"] = ratio(find_all_duplicate(words, n), n_chars)
-        fw_lines = [line for line in text.split("\n") if line.strip()]
-        out["heur_line_punct_ratio"] = ratio(sum(line.endswith(self.stop_chars) for line in fw_lines), len(fw_lines))
-        out["heur_short_line_ratio"] = ratio(
-            sum(len(line) <= self.short_line_length for line in fw_lines), len(fw_lines)
-        )
-        out["heur_char_dup_ratio"] = ratio(find_duplicates(fw_lines)[1], len(text.replace("\n", "")))
-        out["heur_newline_word_ratio"] = ratio(text.count("\n"), n_words)
+            out[f"heur_dup_{n}gram_char_frac"] = ratio(s.dup_chars[n], n_chars)
+        n_fw = len(s.fw_lines)
+        out["heur_line_punct_ratio"] = ratio(s.fw_punct_lines, n_fw)
+        out["heur_short_line_ratio"] = ratio(s.fw_short_lines, n_fw)
+        out["heur_char_dup_ratio"] = ratio(s.fw_dup_chars, n_chars - s.newlines)
+        out["heur_newline_word_ratio"] = ratio(s.newlines, n_words)
         return out
-
-
-_PARAGRAPH = re.compile(r"\n{2,}")
-_LINES = re.compile("\n+")
 
 
 def _verdict(flt: Any, doc: Any, name: str) -> tuple[bool, str | None]:

@@ -60,6 +60,9 @@ _INDEX_BITS = 40
 _CELLS_PER_STEP = 4_000_000
 #: Band rows per shuffle partition when ``shuffle_partitions`` is null.
 _BAND_ROWS_PER_PARTITION = 4_000_000
+#: Up to this many band rows (documents x bands; ~28 bytes each on the driver), the fit links them on the driver
+#: instead of shuffling them (``shuffle_partitions`` null only).
+_BAND_ROWS_IN_MEMORY = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class MinHashParams:
             ``remove_punctuation``, ``norm_unicode_diacritics``, ``norm_numbers``, ``norm_weekdays``,
             ``norm_monthnames``).
         shuffle_partitions: partitions of the fit's band shuffle; null sizes them from the row count
-            (about 4 million band rows each).
+            (about 4 million band rows each), and up to 4 million band rows (~285k documents with 14 bands) links
+            the bands on the driver without a shuffle (about 110 MB there).
     """
 
     n_grams: int = 5
@@ -262,12 +266,33 @@ def _bucket_edges(rows: pa.Table) -> pa.Table:
 def _collect_edges(edges: Any) -> tuple[np.ndarray, np.ndarray]:
     """Bring the (few) edges of a Ray Dataset to the driver, without repeats."""
     parts = [t for t in edges.iter_batches(batch_format="pyarrow") if t.num_rows]
-    if not parts:
+    return _unique_edges(pa.concat_tables(parts) if parts else pa.table({"a": [], "b": []}))
+
+
+def _unique_edges(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The ``a``/``b`` columns of an edge table as int64 arrays, each edge once."""
+    if not table.num_rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    table = pa.concat_tables(parts)
-    pairs = np.stack([table.column("a").to_numpy(), table.column("b").to_numpy()], axis=1)
+    pairs = np.stack([table.column("a").to_numpy(), table.column("b").to_numpy()], axis=1).astype(np.int64)
     a, b = np.unique(pairs, axis=0).T
     return a, b
+
+
+def _file_names(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF of the fit: the distinct ``source_file`` values of one batch."""
+    return pa.table({"source_file": pc.unique(batch.column("source_file"))})
+
+
+def _source_files(data: FitData) -> list[str]:
+    """The input files of the fit's documents, sorted: a map and a set on the driver (no shuffle: there are few)."""
+    names: set[str] = set()
+    for batch in (
+        data.dataset(["source_file"])
+        .map_batches(_file_names, batch_format="pyarrow")
+        .iter_batches(batch_format="pyarrow", batch_size=None)
+    ):
+        names.update(batch.column("source_file").to_pylist())
+    return sorted(names)
 
 
 def group_members(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -301,18 +326,26 @@ class MinHashDedup(Stage):
         p = self.params
         ds = data.dataset(list(self.inputs))
         num_rows = data.num_rows()
-        files = sorted(ds.unique("source_file"))
+        files = _source_files(data)
         if len(files) >= 1 << (63 - _INDEX_BITS):
             raise ValueError(f"minhash: {len(files)} input files are more than it can number")
-        partitions = p.shuffle_partitions or max(1, math.ceil(num_rows * p.num_buckets / _BAND_ROWS_PER_PARTITION))
+        band_rows = num_rows * p.num_buckets
+        in_memory = p.shuffle_partitions is None and band_rows <= _BAND_ROWS_IN_MEMORY
+        partitions = 1 if in_memory else p.shuffle_partitions or max(1, math.ceil(band_rows / _BAND_ROWS_PER_PARTITION))
         bands = ds.map_batches(
             _band_rows,
             batch_format="pyarrow",
             batch_size=self.default_resources.batch_size,
             fn_kwargs={"params": p, "files": files, "partitions": partitions},
         )
-        edges = bands.groupby("part", num_partitions=partitions).map_groups(_bucket_edges, batch_format="pyarrow")
-        a, b = _collect_edges(edges)
+        if in_memory:
+            # a few million band rows: link them here rather than shuffle them across the cluster
+            parts = [t for t in bands.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+            edges = _bucket_edges(pa.concat_tables(parts)) if parts else pa.table({"a": [], "b": []})
+            a, b = _unique_edges(edges)
+        else:
+            edges = bands.groupby("part", num_partitions=partitions).map_groups(_bucket_edges, batch_format="pyarrow")
+            a, b = _collect_edges(edges)
         members, kept, sizes = group_members(a, b)
         table = self._members_table(files, members, kept, sizes)
         write_parquet(table, posixpath.join(data.artifacts_dir, ARTIFACT))
@@ -323,7 +356,7 @@ class MinHashDedup(Stage):
             "groups": groups,
             "documents_not_kept": len(members) - groups,
             "candidate_edges": len(a),
-            "shuffle_partitions": partitions,
+            "shuffle_partitions": 0 if in_memory else partitions,
             "threshold_50pct": round((1 / p.num_buckets) ** (1 / p.hashes_per_bucket), 3),
             "artifact": ARTIFACT,
             "params": dataclasses.asdict(p),

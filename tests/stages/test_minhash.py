@@ -159,3 +159,21 @@ def test_params_from_yaml_and_validation(tmp_path):
         load_config({"input": {"paths": ["x"]}, "stages": [{"name": "minhash", "params": {"word_tokenizer": "bpe"}}]})
     with pytest.raises(RuntimeError, match="fit"):
         MinHashDedup().setup()
+
+
+def test_shuffled_fit_finds_the_groups_of_the_in_memory_fit(planted, fitted, ray_local, tmp_path):
+    """Small fits link the bands on the driver; a named ``shuffle_partitions`` takes the Ray groupby instead."""
+    _, table = planted
+    stage, info = fitted
+    assert info["shuffle_partitions"] == 0  # the in-memory path
+    shuffled = MinHashDedup(MinHashParams(shuffle_partitions=3))
+    data = TableFitData(table.select(["text", "source_file", "source_index"]), str(tmp_path))
+    other = shuffled.fit(data)
+    assert other["shuffle_partitions"] == 3
+    ours = pq.read_table(f"{stage.artifacts_dir}/{ARTIFACT}").sort_by(
+        [("source_file", "ascending"), ("source_index", "ascending")]
+    )
+    theirs = pq.read_table(f"{tmp_path}/{ARTIFACT}").sort_by(
+        [("source_file", "ascending"), ("source_index", "ascending")]
+    )
+    assert ours.num_rows > 0 and ours.equals(theirs)

@@ -1,0 +1,30 @@
+import pytest
+
+from dq_ray.config import ConfigError, load_config
+from dq_ray.io import InputFile
+from dq_ray.pipeline.plan import shuffle_kind
+
+
+def _files(*sizes: int) -> list[InputFile]:
+    return [InputFile(path=f"/data/{i}.jsonl", format="jsonl", name=f"{i}.jsonl", size=s) for i, s in enumerate(sizes)]
+
+
+def _cfg(**ray):
+    return load_config({"input": {"paths": ["x"]}, "ray": ray, "stages": [{"name": "exact_dedup"}]})
+
+
+def test_auto_takes_the_sort_shuffle_below_the_threshold_and_the_hash_shuffle_from_it():
+    cfg = _cfg(shuffle_hash_from_bytes=1000)
+    assert shuffle_kind(cfg, _files(400, 500)) == "sort"
+    assert shuffle_kind(cfg, _files(400, 600)) == "hash"
+    assert shuffle_kind(_cfg(), _files(10**6)) == "sort"  # default threshold: 8 GiB of input
+
+
+def test_a_named_shuffle_is_used_whatever_the_size():
+    assert shuffle_kind(_cfg(shuffle="hash"), _files(10)) == "hash"
+    assert shuffle_kind(_cfg(shuffle="sort", shuffle_hash_from_bytes=1), _files(10**9)) == "sort"
+
+
+def test_an_unknown_shuffle_is_a_config_error():
+    with pytest.raises(ConfigError, match="ray.shuffle must be one of auto, sort, hash"):
+        _cfg(shuffle="push")

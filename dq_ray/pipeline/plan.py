@@ -70,12 +70,23 @@ def shuffle_kind(cfg: JobConfig, files: list[InputFile]) -> str:
     return "hash" if sum(f.size for f in files) >= cfg.ray.shuffle_hash_from_bytes else "sort"
 
 
-def use_shuffle(kind: str) -> None:
-    """Make ``kind`` the shuffle of Ray Data's groupbys and aggregations in this driver (the fits' too)."""
+def use_shuffle(kind: str) -> Any:
+    """Make ``kind`` the shuffle of Ray Data's groupbys and aggregations in this driver (the fits' too); returns
+    the strategy it replaced, to be put back with :func:`restore_shuffle` (other Ray Data code in the same
+    process, e.g. the map's key-based repartition, needs Ray's own default)."""
     import ray.data
     from ray.data.context import ShuffleStrategy
 
-    strategy = ShuffleStrategy.HASH_SHUFFLE if kind == "hash" else ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.shuffle_strategy
+    ctx.shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE if kind == "hash" else ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    return before
+
+
+def restore_shuffle(strategy: Any) -> None:
+    """Put back the shuffle strategy :func:`use_shuffle` replaced."""
+    import ray.data
+
     ray.data.DataContext.get_current().shuffle_strategy = strategy
 
 
@@ -356,15 +367,18 @@ class Plan:
 
     def execute(self) -> None:
         """Run every phase not yet committed; remove the intermediate ``_work/`` at the end."""
-        use_shuffle(self.shuffle)
-        for phase in self.phases:
-            t0 = time.perf_counter()
-            self.on_step("phase", str(phase.index), False)
-            self.run_phase(phase)
-            self.timings[f"phase-{phase.index}"] = time.perf_counter() - t0
-            self.on_step("phase", str(phase.index), True)
-        if len(self.phases) > 1 and self.run.fs.exists(f"{self.run.root}/_work"):
-            self.run.fs.rm(f"{self.run.root}/_work", recursive=True)
+        before = use_shuffle(self.shuffle)
+        try:
+            for phase in self.phases:
+                t0 = time.perf_counter()
+                self.on_step("phase", str(phase.index), False)
+                self.run_phase(phase)
+                self.timings[f"phase-{phase.index}"] = time.perf_counter() - t0
+                self.on_step("phase", str(phase.index), True)
+            if len(self.phases) > 1 and self.run.fs.exists(f"{self.run.root}/_work"):
+                self.run.fs.rm(f"{self.run.root}/_work", recursive=True)
+        finally:
+            restore_shuffle(before)
 
     def phase_table(self) -> list[dict[str, Any]]:
         """The manifest's ``phases`` block: what each phase ran and its wall time (fit included), in order."""

@@ -28,3 +28,19 @@ def test_a_named_shuffle_is_used_whatever_the_size():
 def test_an_unknown_shuffle_is_a_config_error():
     with pytest.raises(ConfigError, match="ray.shuffle must be one of auto, sort, hash"):
         _cfg(shuffle="push")
+
+
+def test_a_run_puts_back_the_shuffle_strategy_it_found(progress_run):
+    """The run's sort shuffle must not leak into later Ray Data code of the process (the map's key-based
+    repartition needs Ray's hash shuffle)."""
+    import ray.data
+    from ray.data.context import ShuffleStrategy
+
+    from dq_ray.pipeline.plan import restore_shuffle, use_shuffle
+
+    ctx = ray.data.DataContext.get_current()
+    assert ctx.shuffle_strategy != ShuffleStrategy.SORT_SHUFFLE_PULL_BASED  # after the real run of the fixture
+    before = use_shuffle("sort")
+    assert ctx.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    restore_shuffle(before)
+    assert ctx.shuffle_strategy == before

@@ -115,6 +115,9 @@ def ray_llm_processor(model: str, ids: list[list[int]], cands: list[int], thread
     from dq_ray.stages.askllm import yes_no_scores
 
     n_yes = len(cands) // 2
+    if ray.is_initialized():  # a Ray left over in this process (vLLM may start one): a fresh one of our size
+        log.info("a Ray is already up in this process; shutting it down before Ray Data's processor")
+        ray.shutdown()
     ray.init(num_cpus=threads, include_dashboard=False)
     config = vLLMEngineProcessorConfig(
         model_source=model,

@@ -20,8 +20,8 @@ Then every document's verdict and reason of every filter is compared; any differ
 Rates are also given per core (``--workers`` Ray CPUs, datatrove tasks and workers), next to NeMo Curator's
 published floor for its CPU heuristic filters (about 150 documents per second per core).
 
-    .venv/bin/python benchmarks/heuristics_vs_datatrove.py [--input data/demo] [--long 3000] [--workers 2]
-        [--rounds 1] [--out benchmarks/results/heuristics_vs_datatrove.md] [--keep-tmp]
+    .venv/bin/python benchmarks/heuristics_vs_datatrove.py [--input data/demo] [--repeat 1] [--long 3000] [--workers 2]
+        [--rounds 1] [--quiet-wait 180] [--out benchmarks/results/heuristics_vs_datatrove.md] [--keep-tmp]
 
 The machine may be shared: before each measurement the script waits until the CPUs are (nearly) idle and
 records how busy they were; ``--rounds R`` measures everything R times and keeps each system's fastest round.
@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import Row as _Row
 from _common import (
+    QUIET,
     log,
     one_stage_config,
     read_accepted,
@@ -59,6 +59,7 @@ from _common import (
     wait_quiet,
     write_shards,
 )
+from _common import Row as _Row
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
@@ -356,20 +357,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", type=int, default=3000, help="long documents to generate (0: skip that corpus)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the long documents")
     parser.add_argument("--workers", type=int, default=2, help="shards, Ray CPUs and datatrove tasks/workers")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="the demo corpus K times over (new ids), so fixed costs weigh less"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times; keep the best")
     parser.add_argument("--out", default="benchmarks/results/heuristics_vs_datatrove.md", help="markdown report")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary shards, runs and logs")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=QUIET["max_wait_s"], help="most seconds to wait for a quiet machine"
+    )
     parser.add_argument("--cpu-worker", nargs=2, metavar=("SIDE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cpu_worker:  # a child of cpu_rates(): one side, timed in this fresh process
         print(json.dumps(score_in_this_process(args.cpu_worker[0], Path(args.cpu_worker[1]))))
         return 0
-    if min(args.workers, args.rounds) < 1 or args.long < 0:
-        parser.error("--workers and --rounds must be >= 1, --long >= 0")
+    if min(args.workers, args.rounds, args.repeat) < 1 or args.long < 0:
+        parser.error("--workers, --rounds and --repeat must be >= 1, --long >= 0")
+    QUIET["max_wait_s"] = args.quiet_wait
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network; make sure nothing tries
 
-    corpora = [("demo", read_accepted(args.input))]
+    demo = read_accepted(args.input)
+    demo = [(doc_id if k == 0 else f"{doc_id}~{k}", text) for k in range(args.repeat) for doc_id, text in demo]
+    corpora = [("demo", demo)]
     if args.long:
         corpora.append(("long", long_documents(args.long, args.seed)))
     tmp = Path(tempfile.mkdtemp(prefix="dq-bench-"))
@@ -406,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     best = "the fastest of the rounds" if args.rounds > 1 else "one run"
     report = [
         *report_header("heuristics: dq-ray vs datatrove", PACKAGES),
-        f"- corpora: demo (`{args.input}` read through dq-ray's reader) and {args.long} long documents "
+        f"- corpora: demo (`{args.input}` read through dq-ray's reader, {args.repeat} time(s) over) and "
+        f"{args.long} long documents "
         f"({LONG_SENTENCES[0]}-{LONG_SENTENCES[1]} real sentences, seed {args.seed}); {args.workers} uncompressed "
         f"JSONL shard(s) each; {args.workers} Ray CPUs, {args.workers} datatrove tasks and workers; "
         f"{args.rounds} round(s)",

@@ -1,7 +1,10 @@
 """The Panel app: ``create_app(RUN)`` builds one session's page; ``serve(RUN)`` runs the server.
 
-Every session shares the process-wide store (:func:`dashboards.data_store.get_store`); the page has four tabs
-(the map, the run summary, topics, preference pairs). The server serves Panel's and Bokeh's own static assets
+Every session shares the process-wide store (:func:`dashboards.data_store.get_store`); the page has tabs for the
+map, the run summary, topics and, for a run with preference pairs (``pair_*`` columns), the pairs. Bokeh (3.9)
+renders each tab header as a ``div.bk-tab`` with ``tabindex=0`` but no ARIA role, so the page adds them in the
+browser (:data:`ARIA_TABS_JS`): ``role="tablist"`` on the header row, ``role="tab"`` and ``aria-selected`` on each
+tab, kept in step with the active tab. The server serves Panel's and Bokeh's own static assets
 and this app, and reads nothing but the run directory and the input files the run read (for text snippets, each
 checked against its receipt's SHA-256 first).
 
@@ -17,6 +20,7 @@ import logging
 import os
 
 import panel as pn
+from bokeh.models import CustomJS
 from panel.io.server import ComponentResourceHandler
 from tornado.web import HTTPError
 
@@ -45,17 +49,53 @@ class ComponentRoute(ComponentResourceHandler):
         return super().parse_url_path(path)
 
 
+#: ARIA roles for Bokeh's tabs (see the module docstring): every ``div.bk-tab`` of the page, found through the
+#: components' shadow roots, gets ``role="tab"`` and ``aria-selected`` (updated when its ``bk-active`` class
+#: changes), its parent ``role="tablist"``. Run when the document is ready and when a tab is chosen (a newly shown
+#: tab may hold tabs of its own); retried for a few seconds while the headers are not rendered yet.
+ARIA_TABS_JS = """
+function dqAriaTabs(tries) {
+  const tabs = [];
+  (function walk(node) {
+    if (node.classList && node.classList.contains("bk-tab")) tabs.push(node);
+    for (const child of node.children || []) walk(child);
+    if (node.shadowRoot) for (const child of node.shadowRoot.children) walk(child);
+  })(document.body);
+  if (!tabs.length) {
+    if (tries < 100) setTimeout(() => dqAriaTabs(tries + 1), 100);
+    return;
+  }
+  for (const tab of tabs) {
+    tab.parentElement.setAttribute("role", "tablist");
+    tab.setAttribute("role", "tab");
+    const sync = () => tab.setAttribute("aria-selected", String(tab.classList.contains("bk-active")));
+    sync();
+    if (!tab.dqAria) {
+      new MutationObserver(sync).observe(tab, {attributes: true, attributeFilter: ["class"]});
+      tab.dqAria = true;
+    }
+    const root = tab.getRootNode();  // Bokeh re-renders the headers inside it when the tabs change
+    if (!root.dqAria) {
+      new MutationObserver(() => dqAriaTabs(100)).observe(root, {childList: true, subtree: true});
+      root.dqAria = true;
+    }
+  }
+}
+setTimeout(() => dqAriaTabs(0), 0);
+"""
+
+
 def create_app(run_dir: str, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pn.viewable.Viewable:
     """The page of one browser session over ``run_dir``."""
     store = get_store(run_dir, memory_budget)
     explorer = MapExplorer(store)
-    tabs = pn.Tabs(
-        ("Map", explorer.panel()),
-        ("Run summary", summary_tab(store)),
-        ("Topics", topics_tab(store)),
-        ("Preference", preference_tab(store)),
-        dynamic=True,
-    )
+    pages = [("Map", explorer.panel()), ("Run summary", summary_tab(store)), ("Topics", topics_tab(store))]
+    if store.has_pairs():  # a run without pairs has nothing to show there: no tab
+        pages.append(("Preference", preference_tab(store)))
+    tabs = pn.Tabs(*pages, dynamic=True, sizing_mode="stretch_width")
+    tabs.jscallback(active=ARIA_TABS_JS)
+    if pn.state.curdoc is not None:
+        pn.state.curdoc.js_on_event("document_ready", CustomJS(code=ARIA_TABS_JS))
     header = pn.pane.Markdown(
         f"# dq-ray map — `{os.path.basename(store.root)}`\n"
         f"{store.num_rows:,} documents · coordinates: {store.projection}"

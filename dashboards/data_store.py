@@ -64,11 +64,9 @@ SNIPPET_CHARS = 300
 NONE_LABEL = "(none)"
 OTHER_LABEL = "other"
 
-_CATEGORY_NAMES = ("source", "topic_id", "topic_coarse_id")
+_CATEGORY_NAMES = ("source", "topic_id", "topic_coarse_id", "lang", "pii_kinds")
 _CATEGORY_SUFFIXES = ("_cluster", "_reason", "_label")
 _NOT_SIGNALS = {"id", "source_file", "source_index", "text", "map_x", "map_y", "embedding"}
-
-
 
 
 # -- schema discovery ----------------------------------------------------------------------------------------
@@ -132,7 +130,10 @@ def discover_columns(schema: pa.Schema) -> Columns:
 class Filters:
     """The linked filters: a document is shown when it passes every one.
 
-    ``ranges``: column -> (low, high), inclusive; a null value fails an active range.
+    ``ranges``: column -> (low, high), inclusive; a null (or NaN) value fails an active range unless
+    ``keep_null``, when documents without a value pass every range filter (the map's toggle "keep documents
+    without a value", on by default: a range over a sparse score such as ``askllm_score``, filled only for the
+    LLM-scored sample, must not silently drop every document that was not scored).
     ``flags``: column -> the value required (True or False); nulls fail.
     ``categories``: column -> the category labels kept (as shown in the legend).
     """
@@ -140,6 +141,7 @@ class Filters:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     flags: dict[str, bool] = field(default_factory=dict)
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    keep_null: bool = False
 
     def active(self) -> bool:
         return bool(self.ranges or self.flags or self.categories)
@@ -189,14 +191,19 @@ class RunStore:
                 )
         self.num_rows = self.prepared.num_rows if self.prepared else self.dataset.count_rows()
         self.projection = "map_x / map_y"
+        #: the map's axis labels: the columns (or components) plotted
+        self.axes: tuple[str, str] = ("map_x", "map_y")
         if not self.columns.has_map:
             if self.prepared:
                 self.projection = self.prepared.info.get("projection", "prepared")
+                self.axes = _prepared_axes(self.projection)
             elif self.columns.has_embedding:
                 self.projection = "PCA of embedding (no map_x / map_y in this run)"
+                self.axes = ("embedding PC 1", "embedding PC 2")
             elif len(self.columns.numeric) >= 2:
                 a, b = self.columns.numeric[:2]
                 self.projection = f"{a} against {b} (no map_x / map_y or embedding in this run)"
+                self.axes = (a, b)
             else:
                 raise ValueError(f"{run_dir}: no map columns, no embedding and fewer than two numeric signals")
         self._inputs: RunInputs | None = None
@@ -374,7 +381,8 @@ class RunStore:
         mask = np.ones(len(x), dtype=bool)
         for name, (lo, hi) in filters.ranges.items():
             v = self.values(name)
-            mask &= (v >= lo) & (v <= hi)  # NaN compares false
+            inside = (v >= lo) & (v <= hi)  # NaN compares false
+            mask &= (inside | np.isnan(v)) if filters.keep_null else inside
         for name, want in filters.flags.items():
             mask &= self.values(name) == (1 if want else 0)
         for name, keep in filters.categories.items():
@@ -384,6 +392,21 @@ class RunStore:
                 keep_codes.append(-1)
             mask &= np.isin(cat.codes, keep_codes)
         return mask
+
+    def filled(self, name: str) -> float:
+        """The share of in-memory rows with a value in ``name`` (not null, not NaN); 0.0 for an empty run."""
+        kind = self.columns.kind(name)
+        if kind == "categorical":
+            codes = self.category(name).codes
+            return float(np.count_nonzero(codes >= 0)) / max(codes.size, 1)
+        v = self.values(name)
+        has = v >= 0 if kind == "flag" else ~np.isnan(v)
+        return float(np.count_nonzero(has)) / max(v.size, 1)
+
+    def missing(self, name: str) -> int:
+        """How many documents have no value in the numeric signal ``name`` (estimated on a prepared run)."""
+        v = self.values(name)
+        return int(round(np.count_nonzero(np.isnan(v)) * self.scale))
 
     def count(self, filters: Filters | None) -> int:
         """How many documents pass ``filters`` (estimated from the sample on a prepared run)."""
@@ -430,6 +453,7 @@ class RunStore:
             "source",
             "topic_id",
             "askllm_score",
+            "askllm_pred",
             "density_score",
             "density_weight",
             "heur_n_words",
@@ -526,6 +550,16 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, (pa.Array, pa.ChunkedArray)):
         return value.nbytes
     return 0
+
+
+def _prepared_axes(projection: str) -> tuple[str, str]:
+    """The axis labels of a prepared map from its ``projection`` text (as :class:`RunStore` words it)."""
+    if projection.startswith("PCA of embedding"):
+        return ("embedding PC 1", "embedding PC 2")
+    if " against " in projection:
+        a, rest = projection.split(" against ", 1)
+        return (a, rest.split(" (", 1)[0])
+    return ("map_x", "map_y")
 
 
 def _padded(v: np.ndarray) -> tuple[float, float]:

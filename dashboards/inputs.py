@@ -24,6 +24,7 @@ from dq_ray.io.redact import redact_url
 
 log = logging.getLogger(__name__)
 
+
 class RunPathError(ValueError):
     """A path outside the run directory (or an input the run never read) was asked for."""
 

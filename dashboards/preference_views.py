@@ -10,7 +10,11 @@ Views:
 * :func:`judge_scatter`: chosen vs rejected judge score, one point per pair, counts per pixel;
 * :func:`margin_vs_length`: judge margin against the length difference (words), counts per pixel; without
   the judge, the chosen-vs-rejected cosine takes the margin's place;
-* :func:`flagged_pairs`: the pairs with a chosen flag, prompt and both answers side by side;
+* :func:`aspect_view` (when the run scored UltraFeedback-style aspects, ``pair_<aspect>_margin``): per aspect
+  the mean margin and the agreement with the label (share of pairs where chosen scores higher), and an aspect
+  picker over the margin's histogram (:func:`aspect_histogram`);
+* :func:`flagged_pairs`: the pairs with a chosen flag, prompt and both answers side by side (and their
+  rationales, when the run generated them);
 * :func:`prompt_map`: the map of the prompts (``map_x``/``map_y``, or PCA of ``embedding``) coloured by the
   mean margin per pixel.
 """
@@ -77,6 +81,61 @@ def margin_histogram(store: RunStore, bins: int = 40) -> Any:
     )
 
 
+def aspects(store: RunStore) -> list[str]:
+    """The aspects scored in this run: ``pair_<aspect>_margin`` columns with at least one value."""
+    names = [
+        c[len("pair_") : -len("_margin")]
+        for c in store.columns.numeric
+        if c.startswith("pair_") and c.endswith("_margin") and c != "pair_judge_margin"
+    ]
+    return [a for a in names if _has(store, f"pair_{a}_margin")]
+
+
+def aspect_table(store: RunStore) -> pd.DataFrame:
+    """Per scored aspect: pairs, mean chosen / rejected P(yes), mean margin, agreement with the label."""
+    rows = []
+    for a in aspects(store):
+        m = store.values(f"pair_{a}_margin")
+        keep = np.isfinite(m)
+        rows.append(
+            {
+                "aspect": a,
+                "pairs": int(keep.sum()),
+                "mean chosen": round(float(np.nanmean(store.values(f"pair_{a}_chosen")[keep])), 4),
+                "mean rejected": round(float(np.nanmean(store.values(f"pair_{a}_rejected")[keep])), 4),
+                "mean margin": round(float(m[keep].mean()), 4),
+                "agreement": round(float((m[keep] > 0).mean()), 4),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def aspect_histogram(store: RunStore, aspect: str, bins: int = 40) -> Any:
+    """Histogram of one aspect's margin (chosen - rejected)."""
+    name = f"pair_{aspect}_margin"
+    v = store.values(name) if _has(store, name) else np.zeros(0)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return _note(f"No `{name}` values in this run.")
+    counts, edges = np.histogram(np.clip(v, -1, 1), bins=bins, range=(-1, 1))
+    agree = float((v > 0).mean())
+    return hv.Histogram((edges, counts), kdims=[name], vdims=["pairs"]).opts(
+        title=f"{aspect}: margin, chosen - rejected ({v.size:,} pairs, {100 * agree:.0f}% agree)",
+        tools=["hover"],
+        **SIZE,
+    )
+
+
+def aspect_view(store: RunStore) -> pn.viewable.Viewable:
+    """The aspects' table and a picker over their margin histograms (a note when the run has none)."""
+    names = aspects(store)
+    if not names:
+        return _note("No aspects in this run (run `pairs` with `aspects: [helpfulness, ...]`).")
+    pick = pn.widgets.Select(label="Aspect", options=names, value=names[0], width=260)
+    table = pn.widgets.Tabulator(aspect_table(store), disabled=True, show_index=False, width=700)
+    return pn.Column(table, pick, pn.bind(lambda a: pn.panel(aspect_histogram(store, a)), pick))
+
+
 def _rasterize(points: hv.Points, agg) -> hv.Image:
     """Aggregate on the server (an Image of counts or means); sparse plots get 2-pixel points."""
     image = rasterize(points, aggregator=agg, dynamic=False)
@@ -130,13 +189,19 @@ def flagged_rows(store: RunStore, flag: str, limit: int = TABLE_ROWS) -> pd.Data
     if flag not in store.dataset.schema.names:
         return pd.DataFrame()
     wanted = ["id", "pref_prompt", "pref_chosen", "pref_rejected", "pair_judge_margin", "pair_length_diff_words"]
+    wanted += ["pair_rationale_chosen", "pair_rationale_rejected"]
     cols = [c for c in wanted if c in store.dataset.schema.names]
     table = store.dataset.to_table(columns=cols, filter=pc.field(flag) == True).slice(0, limit)  # noqa: E712
     df = table.to_pandas()
-    for c in ("pref_prompt", "pref_chosen", "pref_rejected"):
+    for c in ("pair_rationale_chosen", "pair_rationale_rejected"):
+        if c in df and df[c].isna().all():  # declared, but the run generated no rationales
+            df = df.drop(columns=c)
+    for c in ("pref_prompt", "pref_chosen", "pref_rejected", "pair_rationale_chosen", "pair_rationale_rejected"):
         if c in df:
             df[c] = df[c].map(lambda t: None if t is None else html.escape(t[:ANSWER_CHARS]))
-    return df.rename(columns={"pref_prompt": "prompt", "pref_chosen": "chosen", "pref_rejected": "rejected"})
+    names = {"pref_prompt": "prompt", "pref_chosen": "chosen", "pref_rejected": "rejected"}
+    names.update({"pair_rationale_chosen": "rationale chosen", "pair_rationale_rejected": "rationale rejected"})
+    return df.rename(columns=names)
 
 
 def flagged_pairs(store: RunStore) -> pn.viewable.Viewable:
@@ -151,7 +216,7 @@ def flagged_pairs(store: RunStore) -> pn.viewable.Viewable:
 
     def table(flag: str) -> pn.viewable.Viewable:
         df = flagged_rows(store, flag)
-        widths = {"prompt": 220, "chosen": 380, "rejected": 380}
+        widths = {"prompt": 220, "chosen": 380, "rejected": 380, "rationale chosen": 260, "rationale rejected": 260}
         return pn.widgets.Tabulator(
             df,
             disabled=True,
@@ -209,6 +274,7 @@ def preference_tab(store: RunStore) -> pn.viewable.Viewable:
         pn.widgets.Tabulator(flag_counts(store), disabled=True, show_index=False, width=520),
         pn.Row(pn.panel(margin_histogram(store)), pn.panel(judge_scatter(store))),
         pn.Row(pn.panel(margin_vs_length(store)), pn.panel(prompt_map(store))),
+        *([pn.pane.Markdown("### Aspects"), aspect_view(store)] if aspects(store) else []),
         pn.pane.Markdown("### Flagged pairs"),
         flagged_pairs(store),
         name="Preference",

@@ -34,7 +34,6 @@ from dq_ray.vectors import to_matrix
 log = logging.getLogger(__name__)
 
 
-
 def prepare(
     run_dir: str,
     base_level: int = DEFAULT_BASE_LEVEL,
@@ -44,7 +43,6 @@ def prepare(
 ) -> dict[str, Any]:
     """Write ``RUN/dashboard/`` for ``run_dir`` with Ray Data (Ray must already be initialised)."""
     import ray
-
 
     started = time.perf_counter()
     root = os.path.realpath(run_dir)
@@ -270,5 +268,3 @@ def _write_level(path: str, grids: dict[str, np.ndarray]) -> None:
         vals = g[iy, ix]
         cols[name] = pa.array(vals.astype(np.int64) if name == "count" or name.endswith("__n") else vals)
     pq.write_table(pa.table(cols), path)
-
-

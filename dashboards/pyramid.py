@@ -219,7 +219,8 @@ def filters_expression(filters) -> pc.Expression | None:
     expr = None
     parts = []
     for name, (lo, hi) in filters.ranges.items():
-        parts.append((pc.field(name) >= lo) & (pc.field(name) <= hi))
+        inside = (pc.field(name) >= lo) & (pc.field(name) <= hi)
+        parts.append(inside | pc.field(name).is_null(nan_is_null=True) if filters.keep_null else inside)
     for name, want in filters.flags.items():
         parts.append(pc.field(name) == bool(want))
     for name, labels in filters.categories.items():

@@ -46,7 +46,8 @@ class Frame:
     element: hv.Element
     source: str
     documents: int
-    legend: dict[str, str] | None = None  # category -> colour, for categorical colouring
+    legend: dict[str, str] | None = None  # category -> colour of every layer, for categorical colouring
+    shown: dict[str, int] | None = None  # category -> documents passing the filters in view (only those > 0)
 
 
 def category_colours(labels: list[str]) -> dict[str, str]:
@@ -61,8 +62,11 @@ def category_colours(labels: list[str]) -> dict[str, str]:
     return out
 
 
-def _legend_labels(codes: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Keep the MAX_CATEGORIES largest categories; merge the rest into ``other`` and nulls into ``(none)``."""
+def _legend_map(codes: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Keep the MAX_CATEGORIES largest categories; merge the rest into ``other`` and nulls into ``(none)``.
+
+    Returns the remapping (old code -> legend index; the last slot is null, code -1) and the legend labels.
+    """
     counts = np.bincount(codes[codes >= 0], minlength=len(labels)) if len(labels) else np.zeros(0, int)
     order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     top = order[:MAX_CATEGORIES]
@@ -78,7 +82,46 @@ def _legend_labels(codes: np.ndarray, labels: list[str]) -> tuple[np.ndarray, li
     if (codes < 0).any():
         remap[-1] = len(names) + len(extra)
         extra.append(NONE_LABEL)
-    return remap[np.where(codes < 0, len(labels), codes)], names + extra
+    return remap, names + extra
+
+
+@dataclass
+class Legend:
+    """The categories of colouring by one column over every row: the same layers whatever the filters.
+
+    A filter that leaves one category (or none) must not change the number of layers of the ``ImageStack``: Bokeh
+    keeps the first frame's palette, so a frame with fewer layers fails in the browser ("Expected 2 not 1 colors
+    in palette") and the previous image stays on the map. ``remap`` turns a category code of
+    :meth:`RunStore.category` (last slot: null) into a layer index.
+    """
+
+    labels: list[str]
+    colours: dict[str, str]
+    remap: np.ndarray
+
+    def layer_codes(self, codes: np.ndarray) -> np.ndarray:
+        return self.remap[np.where(codes < 0, len(self.remap) - 1, codes)]
+
+
+def column_legend(store: RunStore, colour_by: str) -> Legend:
+    """The :class:`Legend` of ``colour_by`` over all in-memory rows (cached in the store).
+
+    On a prepared run the rows in memory are a sample: ``other`` and ``(none)`` are always layers there, for the
+    categories and nulls that only the tiles hold.
+    """
+
+    def load() -> Legend:
+        cat = store.category(colour_by)
+        remap, labels = _legend_map(cat.codes, cat.labels)
+        if store.prepared is not None:
+            for extra in (OTHER_LABEL, NONE_LABEL):
+                if extra not in labels:
+                    labels.append(extra)
+            if remap[-1] < 0:
+                remap[-1] = labels.index(NONE_LABEL)
+        return Legend(labels, category_colours(labels), remap)
+
+    return store._cached(f"legend:{colour_by}", load)
 
 
 def _aggregate(df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_range, width, height, scale=1.0):
@@ -89,6 +132,14 @@ def _aggregate(df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_ra
         agg, vdims = ds.mean(colour_by), [colour_by]
     else:
         agg, vdims = ds.count_cat(colour_by), [colour_by]
+        if len(df) == 0 and len(df[colour_by].cat.categories):
+            # rasterize turns no points into a plain Image; one point outside the view keeps the ImageStack and
+            # its layers (all zero), so the map's plot can show the frame
+            outside = x_range[1] + (x_range[1] - x_range[0]) + 1.0
+            cats = df[colour_by].cat.categories
+            df = pd.DataFrame(
+                {"x": [outside], "y": [y_range[0]], colour_by: pd.Categorical.from_codes([0], categories=cats)}
+            )
     points = hv.Points(df, kdims=["x", "y"], vdims=vdims)
     img = rasterize(
         points,
@@ -144,17 +195,25 @@ def _from_memory(store, x_range, y_range, width, height, colour_by, kind, filter
     if kind == "numeric":
         v = store.values(colour_by)
         cols[colour_by] = v if mask is None else v[mask]
-    elif kind in ("categorical", "flag"):
-        cat = store.category(colour_by)
-        codes = cat.codes if mask is None else cat.codes[mask]
-        codes, labels = _legend_labels(codes, cat.labels)
-        cols[colour_by] = pd.Categorical.from_codes(codes, categories=labels)
-        legend = category_colours(labels)
-    df = pd.DataFrame(cols, copy=False)
     scale = store.scale if source == "sample" else 1.0
+    in_view = (x >= x_range[0]) & (x <= x_range[1]) & (y >= y_range[0]) & (y <= y_range[1])
+    shown = None
+    if kind in ("categorical", "flag"):
+        lg = column_legend(store, colour_by)
+        cat = store.category(colour_by)
+        codes = lg.layer_codes(cat.codes if mask is None else cat.codes[mask])
+        cols[colour_by] = pd.Categorical.from_codes(codes, categories=lg.labels)
+        legend = lg.colours
+        shown = _shown(codes[in_view], lg.labels, scale)
+    df = pd.DataFrame(cols, copy=False)
     img = _aggregate(df, colour_by, kind, x_range, y_range, width, height, scale)
-    in_view = np.count_nonzero((x >= x_range[0]) & (x <= x_range[1]) & (y >= y_range[0]) & (y <= y_range[1]))
-    return Frame(img, source, int(round(in_view * scale)), legend)
+    return Frame(img, source, int(round(np.count_nonzero(in_view) * scale)), legend, shown)
+
+
+def _shown(layer_codes: np.ndarray, labels: list[str], scale: float = 1.0) -> dict[str, int]:
+    """Documents per legend label (those with any), in legend order."""
+    counts = np.bincount(layer_codes, minlength=len(labels))
+    return {label: int(round(n * scale)) for label, n in zip(labels, counts) if n > 0}
 
 
 def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters) -> Frame:
@@ -167,16 +226,21 @@ def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters
     legend = None
     if kind == "numeric":
         data[colour_by] = t.column(colour_by).to_pandas().astype("float32").to_numpy()
-    elif kind in ("categorical", "flag"):
+    shown = None
+    if kind in ("categorical", "flag"):
+        # the layers of the whole column (see Legend): a tile's category outside them is "other", a null "(none)"
+        lg = column_legend(store, colour_by)
         col = t.column(colour_by).to_pandas()
         col = col.map({True: "true", False: "false"}) if kind == "flag" else col.astype("string")
-        labels = sorted(col.dropna().unique().tolist())
-        codes = np.array(pd.Categorical(col, categories=labels).codes, np.int32)
-        codes, labels = _legend_labels(codes, labels)
-        data[colour_by] = pd.Categorical.from_codes(codes, categories=labels)
-        legend = category_colours(labels)
+        index = {label: i for i, label in enumerate(lg.labels) if label not in (OTHER_LABEL, NONE_LABEL)}
+        codes = col.map(index)
+        codes = codes.where(col.notna(), lg.labels.index(NONE_LABEL))
+        codes = codes.fillna(lg.labels.index(OTHER_LABEL)).to_numpy().astype(np.int32)
+        data[colour_by] = pd.Categorical.from_codes(codes, categories=lg.labels)
+        legend = lg.colours
+        shown = _shown(codes, lg.labels)
     img = _aggregate(pd.DataFrame(data, copy=False), colour_by, kind, x_range, y_range, width, height)
-    return Frame(img, "tiles", t.num_rows, legend)
+    return Frame(img, "tiles", t.num_rows, legend, shown)
 
 
 def _from_pyramid(store, x_range, y_range, width, height, colour_by) -> Frame | None:

@@ -25,9 +25,18 @@ log = logging.getLogger(__name__)
 
 #: Rows of the drill-down table (and of snippets read per selection).
 TABLE_ROWS = 50
-MAP_WIDTH, MAP_HEIGHT = 760, 560
+#: The map's height, and its width before the browser reports the size it stretched to (the map fills the width
+#: left by the sidebar and the legend: the page fits 1280 px with no horizontal scrolling).
+MAP_WIDTH, MAP_HEIGHT = 760, 520
+SIDEBAR_WIDTH = 290
+WHATIF_WIDTH = 350
 #: Numeric signals offered as the first sliders, in this order of preference.
 KEY_SIGNALS = ("askllm_score", "density_score", "heur_n_words", "heur_mean_word_length", "semdedup_max_sim")
+#: A column with a value for fewer than this share of documents is never a default (filter, colour, what-if).
+SPARSE_BELOW = 0.5
+#: A sparse column -> the filled one that stands in for it by default: the demo scores a sample with the LLM
+#: (``askllm_score``, null elsewhere) and predicts ``askllm_pred`` for every document.
+STAND_INS = {"askllm_score": "askllm_pred"}
 CATEGORY_PICKERS = ("topic_id", "topic_coarse_id", "source")
 
 hv.extension("bokeh", logo=False)
@@ -51,15 +60,25 @@ class MapExplorer:
             width=260,
             css_classes=["dq-colour"],
         )
-        # range sliders: the key signals first; more can be added from the picker
+        # range sliders: the filled key signals first; more can be added from the picker
         self.ranges: dict[str, pn.widgets.RangeSlider] = {}
-        self.range_box = pn.Column()
-        first = [s for s in KEY_SIGNALS if s in cols.numeric] or list(cols.numeric[:2])
-        self.more = pn.widgets.MultiChoice(label="Filter on", options=list(cols.numeric), value=first[:3], width=260)
+        self.range_box = pn.Column(sizing_mode="stretch_width")
+        self.keep_null = pn.widgets.Checkbox(
+            label="Keep documents without a value (null) in range filters", value=True, css_classes=["dq-keep-null"]
+        )
+        self.keep_null.param.watch(self._bump, "value")
+        self.nulls = pn.pane.Markdown("", width=260, css_classes=["dq-nulls"], styles={"font-size": "12px"})
+        first = default_signals(store, KEY_SIGNALS, 3)
+        self.more = pn.widgets.MultiChoice(
+            label="Filter on", options=list(cols.numeric), value=first, width=260, css_classes=["dq-more"]
+        )
         self.more.param.watch(self._sync_sliders, "value")
         self._sync_sliders()
         self.flags = {
-            f: pn.widgets.RadioButtonGroup(label=f, options=["any", "true", "false"], value="any") for f in cols.flags
+            f: pn.widgets.RadioButtonGroup(
+                label=f, options=["any", "true", "false"], value="any", css_classes=["dq-flag", f"dq-flag-{f}"]
+            )
+            for f in cols.flags
         }
         self.pickers = {}
         for c in CATEGORY_PICKERS:
@@ -71,17 +90,25 @@ class MapExplorer:
             w.param.watch(self._bump, "value")
         self.colour.param.watch(self._rebuild_map, "value")
 
-        self.map_pane = pn.pane.HoloViews(self._make_map(), sizing_mode="fixed", css_classes=["dq-map"])
-        self.legend = pn.pane.HTML("", width=200)
+        self.map_pane = pn.pane.HoloViews(
+            self._make_map(), sizing_mode="stretch_width", height=MAP_HEIGHT, min_width=360, css_classes=["dq-map"]
+        )
+        self.legend = pn.pane.HTML("", width=170, css_classes=["dq-legend-pane"])
         self.source = pn.pane.Markdown("", styles={"font-size": "12px"})
         self.counts = pn.pane.Markdown("", css_classes=["dq-counts"])
         self.hists = pn.GridBox(ncols=2, css_classes=["dq-histograms"])
+        # as wide as the page leaves it, columns fitted to that width (the snippet second, wrapped): no column
+        # ends up off-screen
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(),
             pagination="local",
             page_size=10,
             disabled=True,
-            width=1200,
+            show_index=False,
+            layout="fit_columns",
+            sizing_mode="stretch_width",
+            widths={"id": 120, "snippet": "40%"},
+            formatters={"snippet": {"type": "textarea"}},
             css_classes=["dq-table"],
         )
         self.table_title = pn.pane.Markdown(
@@ -122,7 +149,7 @@ class MapExplorer:
         self._bump()
 
     def current_filters(self) -> Filters:
-        f = Filters()
+        f = Filters(keep_null=bool(self.keep_null.value))
         for name, s in self.ranges.items():
             lo, hi = s.value
             if lo > s.start or hi < s.end:
@@ -169,14 +196,14 @@ class MapExplorer:
                 self._show_frame_info(f)
             el = f.element
             common = dict(
-                width=MAP_WIDTH,
+                responsive=True,
                 height=MAP_HEIGHT,
                 tools=["hover", "box_select", "lasso_select", "tap"],
                 active_tools=["wheel_zoom"],
                 xlim=xr,
                 ylim=yr,
-                xlabel="map_x",
-                ylabel="map_y",
+                xlabel=self.store.axes[0],
+                ylabel=self.store.axes[1],
                 title=f"{self.store.num_rows:,} documents — colour: {self.colour.value}",
             )
             if isinstance(el, hv.ImageStack):
@@ -207,11 +234,17 @@ class MapExplorer:
 
     def _show_frame_info(self, f: Frame) -> None:
         if f.legend:
+            # only the categories with documents passing the filters in view (the map keeps every layer)
+            shown = f.shown if f.shown is not None else dict.fromkeys(f.legend, None)
             items = "".join(
-                f'<div><span style="display:inline-block;width:12px;height:12px;background:{c};'
-                f'margin-right:6px"></span>{html.escape(k)}</div>'
-                for k, c in f.legend.items()
+                f'<div><span style="display:inline-block;width:12px;height:12px;background:{f.legend[k]};'
+                f'margin-right:6px"></span>{html.escape(k)}'
+                + (f' <small style="color:#777">{n:,}</small>' if n is not None else "")
+                + "</div>"
+                for k, n in shown.items()
             )
+            if not shown:
+                items = "<div><small>no documents in view</small></div>"
             self.legend.object = f'<div class="dq-legend"><b>{html.escape(self.colour.value)}</b>{items}</div>'
         else:
             self.legend.object = ""
@@ -239,10 +272,11 @@ class MapExplorer:
         rows = rows.slice(0, TABLE_ROWS)
         df = rows.drop_columns([c for c in ("source_file", "map_x", "map_y") if c in rows.column_names]).to_pandas()
         try:
-            df["snippet"] = self.store.snippets(rows)
+            snippets = self.store.snippets(rows)
         except Exception as exc:  # an input that moved: show the table without text
             log.warning("snippets unavailable: %s", exc)
-            df["snippet"] = None
+            snippets = None
+        df.insert(min(1, len(df.columns)), "snippet", snippets)  # after the id: the text is what people read
         self.table.value = df
         self.table_title.object = f"**Selection**: {total:,} documents; showing {len(df)}."
 
@@ -256,6 +290,15 @@ class MapExplorer:
         estimate = " (estimated from the prepared sample)" if self.store.prepared else ""
         lines = [f"**{shown:,}** of {total:,} documents pass the filters ({shown / max(total, 1):.1%}){estimate}"]
         self.counts.object = "\n\n".join(lines)
+        missing = {name: self.store.missing(name) for name in self.ranges}
+        missing = {name: n for name, n in missing.items() if n}
+        if missing:
+            how = "kept by" if self.keep_null.value else "dropped by a narrowed"
+            self.nulls.object = f"Without a value ({how} range filter): " + ", ".join(
+                f"{html.escape(name)} **{n:,}**" for name, n in missing.items()
+            )
+        else:
+            self.nulls.object = "Every filtered signal has a value for every document."
         self.hists.objects = [pn.pane.HoloViews(p) for p in self._histograms(mask)]
         self.whatif.refresh()
 
@@ -280,7 +323,7 @@ class MapExplorer:
                 (
                     hv.Histogram((edges, all_counts), kdims=[name], vdims=["documents"]).opts(color="#dddddd")
                     * hv.Histogram((edges, sel_counts), kdims=[name], vdims=["documents"]).opts(color="#1f77b4")
-                ).opts(width=330, height=170, title=name, toolbar=None)
+                ).opts(width=280, height=170, title=name, toolbar=None)
             )
         return plots
 
@@ -294,25 +337,69 @@ class MapExplorer:
             pn.pane.Markdown("### Filters"),
             self.more,
             self.range_box,
+            self.keep_null,
+            self.nulls,
             *self.pickers.values(),
             *flag_widgets,
-            width=300,
+            width=SIDEBAR_WIDTH,
+            css_classes=["dq-sidebar"],
         )
-        centre = pn.Column(
-            pn.Row(self.map_pane, self.legend),
+        whatif = pn.Column(
+            pn.pane.Markdown("### What if"), self.whatif.panel(), width=WHATIF_WIDTH, css_classes=["dq-whatif"]
+        )
+        # the sidebar has a fixed width; the map, the histograms and the table stretch over the rest, and the
+        # what-if sits beside the histograms (beside the map it would push the page past a laptop's width)
+        main = pn.Column(
+            pn.Row(self.map_pane, self.legend, sizing_mode="stretch_width"),
             self.source,
             self.counts,
-            self.hists,
+            pn.Row(self.hists, whatif, sizing_mode="stretch_width"),
+            self.table_title,
+            self.table,
+            sizing_mode="stretch_width",
+            css_classes=["dq-main"],
         )
-        right = pn.Column(pn.pane.Markdown("### What if"), self.whatif.panel(), width=360, css_classes=["dq-whatif"])
-        return pn.Column(pn.Row(sidebar, centre, right), self.table_title, self.table)
+        return pn.Row(sidebar, main, sizing_mode="stretch_width")
+
+
+def default_signals(store: RunStore, candidates: tuple[str, ...], n: int) -> list[str]:
+    """Up to ``n`` numeric signals of ``candidates`` (in order) that have a value for most documents.
+
+    A sparse candidate (filled below :data:`SPARSE_BELOW`) gives way to its stand-in (:data:`STAND_INS`) when that
+    is filled, else is skipped. Without any, the best-filled numeric signals of the run.
+    """
+    cols = store.columns
+    out: list[str] = []
+    for name in candidates:
+        if name not in cols.numeric:
+            continue
+        if store.filled(name) < SPARSE_BELOW:
+            alt = STAND_INS.get(name)
+            if not (alt in cols.numeric and store.filled(alt) >= SPARSE_BELOW):
+                continue
+            name = alt
+        if name not in out:
+            out.append(name)
+    if not out and n > 1:
+        filled = [(store.filled(c), i, c) for i, c in enumerate(cols.numeric)]
+        out = [c for f, _, c in sorted(filled, key=lambda t: (-t[0], t[1])) if f > 0][:2]
+    return out[:n]
 
 
 def _default_colour(store: RunStore) -> str:
-    for c in ("topic_id", "source", "askllm_score", "density_score"):
-        if c in store.columns.colour_choices:
+    for c in ("topic_id", "source"):
+        if c in store.columns.colour_choices and store.filled(c) >= SPARSE_BELOW:
             return c
-    return "count"
+    return next(iter(default_signals(store, ("askllm_score", "density_score"), 1)), "count")
+
+
+def _numeric_options(store: RunStore) -> dict[str, str]:
+    """The numeric signals as select options, sparse ones labelled with their share of documents with a value."""
+    out = {}
+    for name in store.columns.numeric:
+        filled = store.filled(name)
+        out[name if filled >= SPARSE_BELOW else f"{name} ({filled:.0%} have a value)"] = name
+    return out
 
 
 # -- what if -----------------------------------------------------------------------------------------------
@@ -330,12 +417,18 @@ class WhatIfPanel:
         self.filters_fn = filters_fn
         cols = store.columns
         dedup = [f for f in cols.flags if f.endswith("_keep")]
-        self.require = pn.widgets.MultiChoice(label="Require true", options=list(cols.flags), value=dedup, width=330)
-        score = next((s for s in ("askllm_score", "density_score") if s in cols.numeric), None)
+        self.require = pn.widgets.MultiChoice(label="Require true", options=list(cols.flags), value=dedup, width=320)
+        score = next(iter(default_signals(store, ("askllm_score", "density_score"), 1)), None)
         self.score = pn.widgets.Select(
-            label="Keep the top fraction by", options=["(none)", *cols.numeric], value=score or "(none)", width=330
+            label="Keep the top fraction by",
+            options={"(none)": "(none)", **_numeric_options(store)},
+            value=score or "(none)",
+            width=320,
+            css_classes=["dq-whatif-score"],
         )
-        self.fraction = pn.widgets.FloatSlider(label="Top fraction", start=0.05, end=1.0, step=0.05, value=1.0)
+        self.fraction = pn.widgets.FloatSlider(
+            label="Top fraction", start=0.05, end=1.0, step=0.05, value=1.0, css_classes=["dq-whatif-fraction"]
+        )
         self.density = pn.widgets.FloatSlider(
             label="Density sample fraction", start=0.05, end=1.0, step=0.05, value=1.0
         )
@@ -349,8 +442,10 @@ class WhatIfPanel:
         )
         self.within = pn.widgets.Checkbox(label="Only documents passing the map filters", value=False)
         self.result = pn.pane.Markdown("", css_classes=["dq-whatif-result"])
-        self.steps = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, width=340)
-        self.groups = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, height=260, width=340, show_index=False)
+        # fitted to the panel's width: no column cut off
+        fit = dict(disabled=True, show_index=False, layout="fit_columns", sizing_mode="stretch_width")
+        self.steps = pn.widgets.Tabulator(pd.DataFrame(), css_classes=["dq-whatif-steps"], **fit)
+        self.groups = pn.widgets.Tabulator(pd.DataFrame(), height=260, css_classes=["dq-whatif-groups"], **fit)
         for w in (self.require, self.score, self.fraction, self.density, self.quota, self.yaml, self.within):
             w.param.watch(lambda *_: self.refresh(), "value")
 
@@ -400,6 +495,7 @@ class WhatIfPanel:
             self.result,
             self.steps,
             self.groups,
+            sizing_mode="stretch_width",
         )
 
 
@@ -422,31 +518,53 @@ def summary_tab(store: RunStore) -> pn.viewable.Viewable:
         f"map coordinates: {store.projection}",
     ]
     rejected = counts.get("rejected_by_reason") or {}
+    # formatted here, not by the table: counts as integers (a stage without rows, a fit, would make the column
+    # float: "3,812.0"), seconds and rates to one decimal
     stages = pd.DataFrame(
         [
             {
                 "stage": name,
-                "docs": s.get("rows"),
-                "wall_s": s.get("wall_s"),
-                "docs_per_s": s.get("docs_per_s"),
-                "docs_per_busy_s": s.get("docs_per_busy_s"),
+                "docs": format_count(s.get("rows")),
+                "wall_s": format_decimal(s.get("wall_s")),
+                "docs_per_s": format_decimal(s.get("docs_per_s")),
+                "docs_per_busy_s": format_decimal(s.get("docs_per_busy_s")),
             }
             for name, s in (m.get("stages") or {}).items()
-        ]
+        ],
+        columns=["stage", "docs", "wall_s", "docs_per_s", "docs_per_busy_s"],
     )
-    flags = pd.DataFrame([{"flag": k, **v} for k, v in (m.get("flags") or {}).items()])
+    flags = pd.DataFrame(
+        [{"flag": k, **{c: format_count(n) for c, n in v.items()}} for k, v in (m.get("flags") or {}).items()]
+    )
+    right = {c: "right" for c in [*stages.columns[1:], *flags.columns[1:]]}
     parts = [pn.pane.Markdown("\n\n".join(head))]
     if rejected:
         parts.append(pn.pane.Markdown("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in rejected.items())))
     parts += [
         pn.pane.Markdown("### Stages"),
-        pn.widgets.Tabulator(stages, disabled=True, show_index=False, width=700),
+        pn.widgets.Tabulator(
+            stages, disabled=True, show_index=False, width=700, text_align=right, css_classes=["dq-stages"]
+        ),
         pn.pane.Markdown("### Flags"),
-        pn.widgets.Tabulator(flags, disabled=True, show_index=False, width=700),
+        pn.widgets.Tabulator(flags, disabled=True, show_index=False, width=700, text_align=right),
         pn.pane.Markdown("### Config"),
         pn.pane.JSON(m.get("config") or {}, depth=2, width=700),
     ]
     return pn.Column(*parts, name="Run summary")
+
+
+def format_count(v: Any) -> str:
+    """An integer count with thousands separators (``3,812``, also for ``3812.0``); empty for none."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return ""
+    return f"{int(round(v)):,}"
+
+
+def format_decimal(v: Any) -> str:
+    """A time or a rate to one decimal (``1.1``, ``1,794.9``); empty for none."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return ""
+    return f"{float(v):,.1f}"
 
 
 def topics_tab(store: RunStore) -> pn.viewable.Viewable:
@@ -466,7 +584,15 @@ def topics_tab(store: RunStore) -> pn.viewable.Viewable:
         df = df.sort_values("size", ascending=False)
     return pn.Column(
         pn.pane.Markdown(f"### {len(df)} topics"),
-        pn.widgets.Tabulator(df, disabled=True, show_index=False, pagination="local", page_size=25, width=1100),
+        pn.widgets.Tabulator(
+            df,
+            disabled=True,
+            show_index=False,
+            pagination="local",
+            page_size=25,
+            layout="fit_columns",
+            sizing_mode="stretch_width",
+        ),
         name="Topics",
     )
 

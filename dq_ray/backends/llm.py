@@ -3,7 +3,8 @@
 The ``askllm`` stage owns the method (prompt, truncation, the yes/no probability maths); an engine owns only
 the model call: :meth:`NextTokenEngine.score` takes tokenised prompts and returns, from one forward pass over
 each, the full-vocabulary log-probability of a few candidate tokens as the *next* token after the prompt, and
-the summed log-likelihood of the prompt's own tokens inside a span (the document, for its perplexity).
+the summed log-likelihood of the prompt's own tokens inside a span (the document, for its perplexity);
+:meth:`NextTokenEngine.generate` writes short greedy continuations (the ``pairs`` stage's rationales).
 
 Engines:
 
@@ -82,6 +83,12 @@ class NextTokenEngine(Protocol):
         """:meth:`logprobs` and, from the same forward pass, per prompt the summed log-likelihood of its own
         tokens ``spans[i] = (start, end)`` (each token given every token before it; a token at position 0, which
         has no context, is left out): ``(logprobs, span_logprob)``; ``span_logprob`` is NaN without spans."""
+        ...
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` (token ids), at most ``max_tokens`` new tokens each, stopped at
+        the end-of-sequence token, decoded without special tokens and stripped (the ``pairs`` stage's short
+        rationales). A prompt whose length plus ``max_tokens`` exceeds the context raises ``ValueError``."""
         ...
 
 

@@ -91,6 +91,51 @@ class TransformersEngine:
             out[rows], span_logprob[rows] = self._group([prompts[i] for i in rows], token_ids, group_spans)
         return out, span_logprob
 
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy continuations (``model.generate``, ``max_new_tokens=max_tokens``, no sampling), in groups of
+        ``batch_size`` left-padded prompts sorted by length; each cut at its first end-of-sequence token,
+        decoded without special tokens and stripped. Results come back in input order."""
+        import torch
+
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        for p in prompts:
+            if not p:
+                raise ValueError("an empty prompt has no continuation")
+            if len(p) + max_tokens > self.max_length:
+                raise ValueError(
+                    f"a prompt of {len(p)} tokens and {max_tokens} new tokens do not fit the context "
+                    f"({self.max_length})"
+                )
+        eos = self.lm.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        stop.discard(None)
+        out = [""] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(prompts[i]) for i in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):  # left padding: every prompt continues from the last position
+                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
+                mask[r, width - len(prompts[i]) :] = 1
+            with torch.inference_mode():
+                generated = self.lm.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    max_new_tokens=max_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.pad_id,
+                )
+            for i, seq in zip(rows, generated[:, width:].tolist()):
+                cut = next((k for k, t in enumerate(seq) if t in stop), len(seq))
+                out[i] = self.tokenizer.decode(seq[:cut], skip_special_tokens=True).strip()
+        return out
+
     def _group(
         self, prompts: list[list[int]], token_ids: list[int], spans: list[tuple[int, int]] | None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ One code path for both devices; only the device and the sizes differ:
   log-probabilities (``prompt_logprobs=0``: each prompt token's, given the tokens before it), summed over the
   span: the document's log-likelihood, from the same forward pass. Log-probabilities come back flat
   (``flat_logprobs``), not as a Python object per token;
+* **generation** (:meth:`VllmEngine.generate`, the ``pairs`` stage's short rationales): greedy
+  (``temperature=0``), at most ``max_tokens`` new tokens, the text decoded by vLLM without special tokens;
 * **prompts** arrive as token ids (the judge tokenised and truncated them with the same Hugging Face tokenizer
   the transformers engine uses), so vLLM does no tokenisation of its own. A prompt vLLM rejects raises for the
   call (vLLM aborts the call's other requests), and the pipeline bisects the batch down to that document;
@@ -172,6 +174,31 @@ class VllmEngine:
                 if spans is not None:
                     span_logprob[row] = span_sum(result.prompt_logprobs, prompts[row], spans[row])
         return out, span_logprob
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy continuations (``SamplingParams(max_tokens=max_tokens, temperature=0)``, stopped at the
+        end-of-sequence token, special tokens skipped), stripped, in input order; prompts go in as token ids,
+        ``batch_size`` per ``LLM.generate`` call."""
+        if self.dead:
+            raise EngineDead(f"the vLLM engine failed earlier ({self.dead}); it must be rebuilt")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        for p in prompts:
+            if len(p) + max_tokens > self.max_length + 1:
+                raise ValueError(
+                    f"a prompt of {len(p)} tokens and {max_tokens} new tokens do not fit the context "
+                    f"({self.max_length + 1})"
+                )
+        from vllm import SamplingParams
+
+        self._pin_threads()
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, skip_special_tokens=True)
+        step = self.batch_size or max(len(prompts), 1)
+        out: list[str] = []
+        for start in range(0, len(prompts), step):
+            chunk = [{"prompt_token_ids": list(p)} for p in prompts[start : start + step]]
+            out += [result.outputs[0].text.strip() for result in self._generate(chunk, params)]
+        return out
 
     def _pin_threads(self) -> None:
         """Give the calling thread the engine's CPU thread count. OpenMP keeps a thread count per OS thread, and

@@ -13,6 +13,10 @@ class SentenceTransformerEncoder:
         device: ``cpu`` or ``cuda``.
         batch_size: texts per forward pass.
         max_seq_length: tokens kept per text (longer texts are truncated); None keeps the model's own.
+
+    Attributes:
+        tokenizer: the model's tokenizer (the ``embed`` stage cuts its ``chunking`` windows with it).
+        max_seq_length: tokens the model reads per text, special tokens included.
     """
 
     name = "sentence-transformers"
@@ -24,6 +28,8 @@ class SentenceTransformerEncoder:
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         self.device, self.batch_size = device, batch_size
+        self.tokenizer = self.model.tokenizer
+        self.max_seq_length = int(self.model.max_seq_length)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 

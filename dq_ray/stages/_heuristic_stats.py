@@ -1,13 +1,14 @@
 """The statistics behind datatrove's four quality filters, computed once per document, and the filters' verdicts.
 
 datatrove's ``GopherQualityFilter``, ``GopherRepetitionFilter``, ``C4QualityFilter`` and ``FineWebQualityFilter``
-each split the same document again (words, lines, paragraphs, n-grams). Here :func:`measure` splits it once:
+each split the same document again (words, lines, paragraphs, n-grams). Here a document is split once:
 
-* one word tokenization (datatrove's ``split_into_words`` for the language, done by the caller),
+* one word tokenization (:func:`tokenize`: datatrove's ``split_into_words`` for the language; when C4 will split
+  the whole text into sentences, those come from the same spaCy pass),
 * one ``str.splitlines`` (Gopher quality's bullets and ellipses, C4's lines, the line count),
 * one paragraph split and one split on runs of newlines (Gopher repetition),
 * one ``str.split("\\n")`` (FineWeb's non-blank lines),
-* one pass per n-gram size, with ``Counter`` and sets doing the counting in C,
+* one pass per n-gram size, with ``Counter`` and sets doing the counting in C (:func:`measure`),
 
 and the ``*_verdict`` functions read datatrove's thresholds, in datatrove's order of checks, from those numbers:
 the reason is the first failing check's, with datatrove's wording. Where datatrove divides by a count that can
@@ -16,8 +17,12 @@ exceptions into ``error:<name>`` verdicts (as the heuristics stage does) records
 
 C4 needs more than counts (it looks at every line, after removing citations); :func:`c4_verdict` walks the lines
 as datatrove does, but splits kept lines into sentences only while the count could still fall short of
-``min_num_sentences`` (every kept line is at least one sentence). Nothing here changes the text: C4's rewrite of
-the document is datatrove's filtering, not a signal.
+``min_num_sentences`` (every kept line is at least one sentence), and a line that is the whole text uses the
+sentences :func:`tokenize` already has. Nothing here changes the text: C4's rewrite of the document is datatrove's
+filtering, not a signal.
+
+Most of the remaining time is spaCy's (datatrove's tokenizer); :func:`tokenize` explains how its vocabulary is
+kept warm.
 
 The thresholds come from datatrove's own filter objects (:func:`settings_from_filter`), so defaults and the
 handling of each constructor argument are datatrove's.
@@ -26,8 +31,10 @@ handling of each constructor argument are datatrove's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from operator import add, itemgetter
@@ -36,6 +43,8 @@ from typing import Any
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
 from datatrove.utils.text import PUNCTUATION_SET, split_into_sentences, split_into_words
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, load_word_tokenizer, strip_strings
+
+log = logging.getLogger(__name__)
 
 #: A verdict: (passes, datatrove's reason for the failure or None).
 Verdict = tuple[bool, "str | None"]
@@ -196,14 +205,40 @@ def tokenize(text: str, language: str, sentences: bool = False) -> tuple[list[st
     return words, [text[a:b] for a, b in zip([0, *ends[:-1]], [*ends[:-1], len(text)])]
 
 
+def load_tokenizer(language: str) -> None:
+    """Load datatrove's word tokenizer for ``language`` now, so a worker pays for it in its set-up and not inside
+    its first batch.
+
+    For spaCy that is its import. spaCy imports thinc, and thinc imports torch when it is installed (for its
+    torch model shims, which a blank tokenizer never uses): about 3 of the 5-6 CPU-seconds of the import, paid by
+    every Ray worker process that runs this stage. When torch is not imported yet in this process, spaCy is
+    imported with torch hidden (thinc then records that it has no torch); torch imports normally afterwards for
+    anything that needs it. The tokens are the same either way (tested).
+    """
+    tokenizer = load_word_tokenizer(language)
+    if not isinstance(tokenizer, SpaCyTokenizer):
+        return
+    if "spacy" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError meanwhile
+        try:
+            import spacy  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    tokenizer.tokenizer  # noqa: B018 - the property builds spaCy's pipeline
+
+
 def _warm(tokenizer: SpaCyTokenizer | None, text: str, language: str) -> None:
     """Put the words of ``text`` into spaCy's vocabulary for good, within the budget (see :func:`tokenize`)."""
     used = _warmed.get(language, 0)
     if tokenizer is None or tokenizer.config is not None or len(tokenizer.tokenizer.vocab) >= WARM_MAX_VOCAB:
         _warmed[language] = WARM_CHARS  # nothing to warm (another tokenizer, a configured one, or full)
         return
-    tokenizer.tokenizer.tokenizer(text)
-    _warmed[language] = used + len(text)
+    piece = text[: WARM_CHARS - used]
+    _warmed[language] = used + len(piece)
+    try:
+        tokenizer.tokenizer.tokenizer(piece)  # spaCy's tokenizer alone, outside any memory zone
+    except Exception as exc:  # only a speed-up: the document is tokenized as datatrove does right after
+        log.debug("spaCy vocabulary warm-up skipped a text: %r", exc)
 
 
 def c4_wants_sentences(text: str, c: C4Settings) -> bool:

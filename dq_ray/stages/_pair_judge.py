@@ -1,19 +1,29 @@
-"""The judge of the ``pairs`` stage: the Ask-LLM stage's reusable judge, with a ``{prompt}`` / ``{response}`` template.
+"""The language model of the ``pairs`` stage: the judge, the UltraFeedback-style aspects and the rationales.
 
 The ``askllm`` stage owns the method (:class:`~dq_ray.stages.askllm.AskLLMJudge`: template filling, per-field
 truncation to ``token_budget`` tokens, the chat template, P(yes) / (P(yes) + P(no)) over the answer-token
-variants) and the engines behind it; this module only builds its settings for pairs: the ``pairs`` stage's
-``judge_params`` (any ``askllm`` param except the template) with ``judge_template`` as the template.
+variants) and the engines behind it (``backend``: ``auto``, ``transformers`` or ``vllm``, through
+:func:`dq_ray.backends.llm.load_engine`); this module builds its settings for pairs (the ``pairs`` stage's
+``judge_params``, any ``askllm`` param except the template, with a ``{prompt}`` / ``{response}`` template) and
+puts every use of the model on **one engine**, loaded once per actor:
+
+* the judge (``judge_template``): one P(yes) per answer;
+* the aspects (:func:`score_aspects`): one P(yes) per aspect and answer, every aspect's prompt of a batch in
+  one engine call;
+* the rationales (:class:`RationaleWriter`): a short greedy text per answer, at most ``max_tokens`` tokens
+  (:meth:`~dq_ray.backends.llm.NextTokenEngine.generate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from dq_ray.errors import ConfigError
-from dq_ray.stages.askllm import AskLLMJudge, JudgeParams, judge_info
+from dq_ray.stages.askllm import FIT_MARGIN, AskLLMJudge, JudgeParams, judge_info
 from dq_ray.typed import build_dataclass
 
 
@@ -42,3 +52,59 @@ def load(params: Mapping[str, Any], template: str) -> AskLLMJudge:
 def describe(params: Mapping[str, Any], template: str) -> dict[str, Any]:
     """What the manifest records about the judge (model, template and its hash...), without loading it."""
     return judge_info(judge_params(params, template))
+
+
+# -- aspects -------------------------------------------------------------------------------------------------
+
+
+def aspect_judges(params: Mapping[str, Any], templates: Mapping[str, str], engine: Any) -> dict[str, AskLLMJudge]:
+    """One judge per aspect (``{name: template}``), all on ``engine`` (loaded once, by the first judge)."""
+    return {name: AskLLMJudge(judge_params(params, t), engine=engine) for name, t in templates.items()}
+
+
+def score_aspects(judges: Mapping[str, AskLLMJudge], records: Sequence[Mapping[str, str]]) -> dict[str, np.ndarray]:
+    """P(yes) of every record under every aspect's template (NaN where the engine reported neither answer):
+    each aspect's judge fills and truncates its own prompts, and all of them go to the engine in one call."""
+    names = list(judges)
+    if not names or not records:
+        return {name: np.zeros(0) for name in names}
+    prompts: list[str] = []
+    for name in names:
+        prompts += judges[name].fill(records)[0]
+    scores = np.asarray(judges[names[0]].score_prompts(prompts).score, dtype=np.float64)
+    n = len(records)
+    return {name: scores[k * n : (k + 1) * n] for k, name in enumerate(names)}
+
+
+# -- rationales ---------------------------------------------------------------------------------------------
+
+
+class RationaleWriter:
+    """A short greedy text per answer, from ``template`` (``{prompt}`` and ``{response}``) on ``engine``.
+
+    The fields are cut so that the prompt and ``max_tokens`` new tokens fit the model's context (the judge's
+    ``token_budget``, lowered when needed); the prompt is wrapped in the chat template as the judge's is.
+    """
+
+    def __init__(self, params: Mapping[str, Any], template: str, max_tokens: int, engine: Any) -> None:
+        self.judge = AskLLMJudge(judge_params(params, template), engine=engine)
+        self.engine, self.max_tokens = self.judge.engine, max_tokens
+        if not callable(getattr(self.engine, "generate", None)):
+            raise ValueError(f"the {self.engine.name} engine cannot generate text (pairs.rationale)")
+        empty = template.format(**{f: "" for f in self.judge.fields})
+        overhead = len(self.judge.encode([empty])[0][0])
+        room = (self.engine.max_length - max_tokens - overhead) // len(self.judge.fields) - FIT_MARGIN
+        if room < 1:
+            raise ValueError(
+                f"pairs.rationale: the template ({overhead} tokens) and {max_tokens} new tokens leave no room "
+                f"in the model's context ({self.engine.max_length})"
+            )
+        self.judge.token_budget = min(self.judge.token_budget, room)
+
+    def write(self, records: Sequence[Mapping[str, str]]) -> list[str]:
+        """One rationale per record (``{"prompt": ..., "response": ...}``), in order."""
+        if not records:
+            return []
+        prompts, _ = self.judge.fill(records)
+        ids, _ = self.judge.encode(prompts)
+        return list(self.engine.generate(ids, self.max_tokens))

@@ -5,6 +5,9 @@
   difference (a judge that only rewards length correlates strongly);
 * **margins**: quantiles, the share of negative margins and a histogram over [-1, 1];
 * **flags**: the share of each ``pair_*`` flag among the rows where it applies;
+* **aspects** (UltraFeedback-style, when the stage scored them): per aspect the pairs scored, the mean
+  P(yes) of each side, the mean margin chosen - rejected and the agreement with the human label (the share
+  of pairs where the aspect scores chosen above rejected);
 * **KTO labels**: rows per label and the mean judge score of each;
 * **topic coverage** (when ``topic_id`` exists): prompts per topic, with the share of flagged pairs and mean
   margin per topic.
@@ -71,6 +74,33 @@ def _r(v: float | None, digits: int = 4) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), digits)
 
 
+def aspect_names(columns: list[str]) -> list[str]:
+    """The aspects whose margins are among ``columns`` (``pair_<aspect>_margin``, the judge's left out)."""
+    return [
+        c[len("pair_") : -len("_margin")]
+        for c in columns
+        if c.startswith("pair_") and c.endswith("_margin") and c != "pair_judge_margin"
+    ]
+
+
+def _aspects(table: pa.Table) -> dict[str, Any]:
+    """Per aspect with at least one scored pair: pairs, mean chosen / rejected / margin, agreement."""
+    out = {}
+    for aspect in aspect_names(table.column_names):
+        m = _np(table, f"pair_{aspect}_margin")
+        scored = ~np.isnan(m)
+        if not scored.any():
+            continue  # declared but not scored in this run
+        out[aspect] = {
+            "pairs": int(scored.sum()),
+            "mean_chosen": _r(np.nanmean(_np(table, f"pair_{aspect}_chosen")[scored])),
+            "mean_rejected": _r(np.nanmean(_np(table, f"pair_{aspect}_rejected")[scored])),
+            "mean_margin": _r(m[scored].mean()),
+            "agreement": _r(float((m[scored] > 0).mean())),
+        }
+    return out
+
+
 def summarise_table(table: pa.Table) -> dict[str, Any]:
     """The summary of a table of ``pairs`` outputs (what :func:`summarise` computes over ``docs/``)."""
     n = table.num_rows
@@ -103,6 +133,10 @@ def summarise_table(table: pa.Table) -> dict[str, Any]:
             "negative_share": _r(float((m < 0).mean())),
             "histogram": {"edges": [round(e, 2) for e in MARGIN_BINS.tolist()], "counts": hist.tolist()},
         }
+
+    aspects = _aspects(table)
+    if aspects:
+        out["aspects"] = aspects
 
     flags: dict[str, Any] = {}
     for col in FLAGS:
@@ -178,7 +212,9 @@ def _topic_table(run: Any) -> dict[int, dict[str, Any]]:
 
 
 def summarise(run: Any, params: Any = None) -> dict[str, Any]:
-    """Summarise ``docs/`` of a run holding ``pairs`` outputs (streams only the columns it needs)."""
+    """Summarise ``docs/`` of a run holding ``pairs`` outputs (streams only the columns it needs; the aspects
+    are those of ``params.aspects``)."""
+    aspects = list(getattr(params, "aspects", None) or ())
     wanted = [
         "pair_length_diff_words",
         "pair_judge_margin",
@@ -188,6 +224,7 @@ def summarise(run: Any, params: Any = None) -> dict[str, Any]:
         "topic_id",
         "topic_label",
         *FLAGS,
+        *[f"pair_{a}_{part}" for a in aspects for part in ("chosen", "rejected", "margin")],
     ]
     summary = summarise_table(_read_docs(run, wanted))
     if "topics" in summary:
@@ -238,6 +275,21 @@ def to_markdown(summary: dict[str, Any]) -> str:
             f"{q['0.05']} / {q['0.25']} / {q['0.5']} / {q['0.75']} / {q['0.95']}; "
             f"judge prefers rejected in {_pct(m['negative_share'])}.",
         ]
+    if "aspects" in summary:
+        lines += [
+            "",
+            "### Aspects (UltraFeedback-style P(yes) per answer)",
+            "",
+            "Agreement: the share of pairs where the aspect scores chosen above rejected (agrees with the label).",
+            "",
+            "| aspect | pairs | mean chosen | mean rejected | mean margin | agreement |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, a in summary["aspects"].items():
+            lines.append(
+                f"| {name} | {a['pairs']:,} | {_v(a['mean_chosen'])} | {_v(a['mean_rejected'])} | "
+                f"{_v(a['mean_margin'])} | {_pct(a['agreement'])} |"
+            )
     lines += ["", "### Flags", "", "| flag | rows | true | share |", "|---|---:|---:|---:|"]
     for name, f in summary.get("flags", {}).items():
         lines.append(f"| `{name}` | {f['rows']:,} | {f['true']:,} | {_pct(f['share'])} |")

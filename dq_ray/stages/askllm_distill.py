@@ -13,8 +13,17 @@ embeddings. ``askllm_distill`` does the same with Ask-LLM, as a **fit / apply** 
   the manifest; the regressor is then refitted on the whole sample and saved.
 * apply (every document, plain Ray tasks): ``askllm_pred`` = sigmoid of the regressor's output, comparable to
   ``askllm_score``; ``askllm_score`` holds the LLM's own score for the sampled documents, null elsewhere.
+* the fast quality classifier (``quality: true``, the default): the same sample, targets and held-out split train
+  a second ridge over hashed word 1- and 2-grams of the text (:mod:`dq_ray.stages._quality_text`), not over the
+  embedding, so it costs a sparse dot product per document; ``quality_pred`` = sigmoid of its output (the
+  FineWeb-Edu / DCLM recipe), ``quality_reason`` says why a text has none (``no text``, ``empty``, ``no
+  letters``) or what to know about its value (``short``, ``capped``). Its held-out agreement is recorded next to
+  the embedding ridge's (``quality.held_out`` beside ``held_out``). It lives here, not in a stage of its own,
+  because it needs exactly this fit's sample, LLM scores and split: a separate stage would have to find another
+  stage's artifacts and re-draw its sample.
 
-Artifacts in ``RUN/artifacts/askllm_distill/``: ``regressor.npz`` (coefficients, intercept, alpha),
+Artifacts in ``RUN/artifacts/askllm_distill/``: ``regressor.npz`` (coefficients, intercept, alpha), ``quality.npz``
+(the text classifier: coefficients over the hashed features, intercept, alpha, ``n_features``, ``max_chars``),
 ``sample_scores.parquet`` (the LLM's columns for the sampled documents, with ``source_file`` /
 ``source_index``) and ``distill.json`` (what the manifest records). Use this stage *or* ``askllm`` in one job.
 """
@@ -39,6 +48,7 @@ from dq_ray.errors import ConfigError
 from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
 from dq_ray.stages._fit import local_dir
 from dq_ray.stages._keys import doc_key_int63
+from dq_ray.stages._quality_text import fit_text_ridge, text_features, text_logit, text_reasons
 from dq_ray.stages.askllm import OUTPUTS, AskLLMJudge, AskLLMParams, gpu_resources, judge_info
 from dq_ray.vectors import to_matrix
 
@@ -61,6 +71,10 @@ class AskLLMDistillParams(AskLLMParams):
         seed: seed of the sample and of the held-out split.
         fit_actors: LLM actors in the fit; null: one per engine's worth of GPUs, or one per
             ``num_threads`` CPUs (default 1) of the cluster.
+        quality: also fit the fast text classifier and write ``quality_pred`` (null when false).
+        quality_features: hash buckets of its word 1- and 2-grams.
+        quality_alphas: its ridge regularisation strengths, chosen among by 5-fold cross-validation.
+        quality_max_chars: characters of each text it reads (longer: ``capped`` in ``quality_reason``).
     """
 
     sample_size: int = 2000
@@ -69,6 +83,10 @@ class AskLLMDistillParams(AskLLMParams):
     alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
     seed: int = 0
     fit_actors: int | None = None
+    quality: bool = True
+    quality_features: int = 2**18
+    quality_alphas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
+    quality_max_chars: int = 10000
 
     where: ClassVar[str] = "askllm_distill"
 
@@ -85,6 +103,10 @@ class AskLLMDistillParams(AskLLMParams):
             raise ConfigError(f"{w}.alphas must be a non-empty list of positive numbers")
         if self.fit_actors is not None and self.fit_actors < 1:
             raise ConfigError(f"{w}.fit_actors must be >= 1 or null")
+        if not 2**10 <= self.quality_features <= 2**24:
+            raise ConfigError(f"{w}.quality_features must be in [1024, 16777216]")
+        if not self.quality_alphas or min(self.quality_alphas) <= 0 or self.quality_max_chars < 1:
+            raise ConfigError(f"{w}.quality_alphas must be positive numbers and quality_max_chars >= 1")
 
 
 class _JudgeActor:
@@ -190,7 +212,12 @@ class AskLLMDistill(Stage):
 
     name = "askllm_distill"
     inputs = ("text", "embedding", *KEY_COLUMNS)
-    outputs = {"askllm_pred": pa.float32(), "askllm_score": OUTPUTS["askllm_score"]}
+    outputs = {
+        "askllm_pred": pa.float32(),
+        "askllm_score": OUTPUTS["askllm_score"],
+        "quality_pred": pa.float32(),
+        "quality_reason": pa.string(),
+    }
     Params = AskLLMDistillParams
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=1024)
 
@@ -233,8 +260,14 @@ class AskLLMDistill(Stage):
             "sample_score_mean": round(float(np.nanmean(np.asarray(scores.column("askllm_score"), np.float64))), 6),
             "fit_s": round(time.perf_counter() - t0, 3),
         }
+        quality = None
+        if p.quality:
+            texts = sample.column("text").to_pylist()
+            quality, info["quality"] = self._fit_quality([texts[i] for i in idx], y, train, hold)
         with local_dir(data.artifacts_dir) as out:
             np.savez(os.path.join(out, "regressor.npz"), coef=coef, intercept=intercept, alpha=alpha)
+            if quality is not None:
+                np.savez(os.path.join(out, "quality.npz"), **quality)
             keyed = pa.table({k: sample.column(k) for k in KEY_COLUMNS})
             for col in scores.column_names:
                 keyed = keyed.append_column(col, scores.column(col))
@@ -243,6 +276,36 @@ class AskLLMDistill(Stage):
                 json.dump(info, fh, indent=2)
         log.info("askllm_distill fit: %s", info)
         return info
+
+    def _fit_quality(
+        self, texts: list[str], y: np.ndarray, train: np.ndarray, hold: np.ndarray
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The text classifier on the fit's targets: held-out agreement (same split as the embedding ridge's),
+        then the final model on the whole sample; ``(arrays for quality.npz, manifest info)``."""
+        p: AskLLMDistillParams = self.params
+        t0 = time.perf_counter()
+        x = text_features(texts, p.quality_features, p.quality_max_chars)
+        coef, intercept, alpha = fit_text_ridge(x[train], y[train], p.quality_alphas, seed=p.seed)
+        held_out = agreement(sigmoid(text_logit(x[hold], coef, intercept)), sigmoid(y[hold]), p.top_fraction)
+        held_out["alpha"] = alpha
+        coef, intercept, alpha = fit_text_ridge(x, y, p.quality_alphas, seed=p.seed)
+        arrays = {
+            "coef": coef,
+            "intercept": np.float64(intercept),
+            "alpha": np.float64(alpha),
+            "n_features": np.int64(p.quality_features),
+            "max_chars": np.int64(p.quality_max_chars),
+        }
+        info = {
+            "features": f"hashed word 1-2-grams, {p.quality_features} buckets, L2-normalised counts",
+            "target": "askllm_logp_yes - askllm_logp_no (log-odds), ridge on the text features",
+            "held_out": held_out,
+            "alpha": alpha,
+            "nonzero_features": int(np.count_nonzero(coef)),
+            "fit_s": round(time.perf_counter() - t0, 3),
+        }
+        log.info("askllm_distill quality classifier: held-out %s (embedding ridge: see held_out)", held_out)
+        return arrays, info
 
     # -- apply (every document) ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -255,18 +318,34 @@ class AskLLMDistill(Stage):
         sampled = pq.read_table(pa.BufferReader(read_trusted(art, "sample_scores.parquet", digests)))
         keys = doc_key_int63(sampled)
         self.sampled = dict(zip(keys.tolist(), sampled.column("askllm_score").to_pylist()))
+        self.quality = load_npz_trusted(art, "quality.npz", digests) if self.params.quality else None
 
     def process(self, batch: pa.Table) -> pa.Table:
         x = to_matrix(batch.column("embedding")).astype(np.float64)
         pred = sigmoid(x @ self.coef + self.intercept) if len(x) else np.zeros(0)
         llm = [self.sampled.get(k) for k in doc_key_int63(batch).tolist()]
+        quality, why = self.predict_quality(batch.column("text").to_pylist())
         return append_columns(
             batch,
             {
                 "askllm_pred": pa.array(pred.astype(np.float32), pa.float32()),
                 "askllm_score": pa.array(llm, pa.float32()),
+                "quality_pred": quality,
+                "quality_reason": why,
             },
         )
+
+    def predict_quality(self, texts: list[str | None]) -> tuple[pa.Array, pa.Array]:
+        """``quality_pred`` and ``quality_reason`` of ``texts`` (nulls when ``quality`` is off)."""
+        if self.quality is None:
+            return pa.nulls(len(texts), pa.float32()), pa.nulls(len(texts), pa.string())
+        q = self.quality
+        why, valid = text_reasons(texts, int(q["max_chars"]))
+        pred = np.full(len(texts), np.nan)
+        if valid.any():
+            x = text_features([t for t, ok in zip(texts, valid) if ok], int(q["n_features"]), int(q["max_chars"]))
+            pred[valid] = sigmoid(text_logit(x, q["coef"], float(q["intercept"])))
+        return pa.array(pred.astype(np.float32), pa.float32(), mask=~valid), pa.array(why, pa.string())
 
     def describe(self) -> dict[str, Any]:
         return {"params": dataclasses.asdict(self.params), **judge_info(self.params)}

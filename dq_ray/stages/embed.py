@@ -2,7 +2,13 @@
 
 ``embedding`` is the L2-normalised vector of the document text as a fixed-size list column
 (``fixed_size_list<float32>[dim]``, or ``float16`` with ``dtype: float16``), so that dot products are cosine
-similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (the model sees their start).
+similarities. Texts longer than ``max_seq_length`` tokens are cut on the right (the model sees their start),
+unless ``chunking: windows``: then a long text is cut into token windows of the model's length (by its own
+tokenizer, so every engine embeds the same windows), at most ``max_chunks`` of them spread over the document are
+embedded (in the same batched calls as the other documents' windows), and the vector is the L2-normalised mean of
+the windows' unit vectors; ``embed_chunks`` and ``embed_truncated`` record how many windows were read and whether
+some were left out (:mod:`dq_ray.stages._windows`). Cost and effect: benchmarks/README.md, "Whole-document
+embeddings".
 
 The stage owns the method (column, normalisation, output type); the engine behind it is chosen by
 :func:`dq_ray.backends.resolve`: ``auto`` takes vLLM when a GPU and vllm are present, else sentence-transformers
@@ -29,12 +35,15 @@ import pyarrow as pa
 from dq_ray import backends
 from dq_ray.errors import ConfigError
 from dq_ray.stage import Resources, Stage, append_columns, register
+from dq_ray.stages._windows import pool_windows, split_windows, window_tokenizer
 from dq_ray.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
 #: Rows per batch when the stage runs on a GPU (the config's ``resources.batch_size`` wins when set higher).
 GPU_BATCH_ROWS = 1024
+#: Values of ``embed.chunking``: ``none`` (the model reads the first ``max_seq_length`` tokens) or ``windows``.
+CHUNKING = ("none", "windows")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,12 @@ class EmbedParams:
             (``resources.num_cpus``). One single-thread actor per core (``resources.concurrency``) beat one
             actor with every core's threads on the 2-core benchmark machine: threads of one actor wait for each
             other whenever Ray's own processes take a core (``benchmarks/results/embed_vs_encode.md``).
+        chunking: ``none`` (the default: a text longer than ``max_seq_length`` tokens is cut on the right) or
+            ``windows`` (the whole document: token windows of the model's length, each embedded, the vector the
+            L2-normalised mean of the windows' unit vectors; adds ``embed_chunks`` and ``embed_truncated``).
+        max_chunks: windows embedded per document at most (``windows`` only); a longer document gets
+            ``max_chunks`` windows evenly spread over it, first and last included, and ``embed_truncated``.
+        chunk_overlap: tokens shared by neighbouring windows (``windows`` only); less than half a window.
     """
 
     model: str | None = None
@@ -70,6 +85,9 @@ class EmbedParams:
     dtype: str = "float32"
     onnx_file: str | None = None
     num_threads: int | None = None
+    chunking: str = "none"
+    max_chunks: int = 8
+    chunk_overlap: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in backends.EMBED_BACKENDS:
@@ -82,6 +100,17 @@ class EmbedParams:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"embed.{key} must be >= 1")
+        if self.chunking not in CHUNKING:
+            raise ConfigError(f"embed.chunking: {self.chunking!r} is not one of {', '.join(CHUNKING)}")
+        if not isinstance(self.max_chunks, int) or self.max_chunks < 1:
+            raise ConfigError(f"embed.max_chunks must be an integer >= 1; got {self.max_chunks!r}")
+        if not isinstance(self.chunk_overlap, int) or self.chunk_overlap < 0:
+            raise ConfigError(f"embed.chunk_overlap must be an integer >= 0; got {self.chunk_overlap!r}")
+        if self.max_seq_length is not None and self.chunk_overlap >= self.max_seq_length // 2:
+            raise ConfigError(
+                f"embed.chunk_overlap ({self.chunk_overlap}) must be less than half of max_seq_length "
+                f"({self.max_seq_length})"
+            )
         if self.backend != "auto":
             try:
                 backends.require(self.backend)
@@ -96,7 +125,9 @@ class Embed(Stage):
     name = "embed"
     inputs = ("text",)
     #: ``fixed_size_list<float32>[dim]`` in practice (``float16`` with ``dtype: float16``; dim from the model).
-    outputs = {"embedding": pa.list_(pa.float32())}
+    #: ``embed_chunks`` and ``embed_truncated`` only with ``chunking: windows`` (absent otherwise, so a run
+    #: without chunking writes exactly the columns it wrote before).
+    outputs = {"embedding": pa.list_(pa.float32()), "embed_chunks": pa.int32(), "embed_truncated": pa.bool_()}
     Params = EmbedParams
     default_resources = Resources(num_cpus=1, num_gpus=0, batch_size=256)
     stateful = True
@@ -113,13 +144,42 @@ class Embed(Stage):
             num_threads=p.num_threads,
         )
         log.info("embed: %s on %s, dimension %d", self.encoder.name, self.encoder.device, self.encoder.dim)
+        self.tokenizer, self.window = None, 0
+        if p.chunking == "windows":
+            self.tokenizer, self.window = self.window_setup(self.encoder, p.chunk_overlap)
+            log.info("embed: windows of %d tokens, at most %d per document", self.window, p.max_chunks)
+
+    @staticmethod
+    def window_setup(encoder: Any, overlap: int) -> tuple[Any, int]:
+        """The tokenizer and the window length (tokens, special tokens left out) of ``encoder``'s model."""
+        try:
+            tokenizer = window_tokenizer(encoder.tokenizer)
+        except (AttributeError, ValueError) as exc:
+            raise ConfigError(f"embed.chunking: windows: the {encoder.name} engine: {exc}") from None
+        window = int(encoder.max_seq_length) - tokenizer.num_special_tokens_to_add(False)
+        if not 0 <= overlap < window // 2:
+            raise ConfigError(f"embed.chunk_overlap ({overlap}) must be less than half of the window ({window})")
+        return tokenizer, window
 
     def process(self, batch: pa.Table) -> pa.Table:
         texts = batch.column("text").to_pylist()
-        raw = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
-        vectors = unit_rows(np.asarray(raw, dtype=np.float32))
         np_dtype, pa_dtype = backends.EMBED_DTYPES[self.params.dtype]
-        return append_columns(batch, {"embedding": to_fixed_size_list(vectors.astype(np_dtype), pa_dtype)})
+        if self.params.chunking == "windows":
+            vectors, extra = self._embed_windows(texts)
+        else:
+            raw = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+            vectors, extra = unit_rows(np.asarray(raw, dtype=np.float32)), {}
+        columns = {"embedding": to_fixed_size_list(vectors.astype(np_dtype), pa_dtype), **extra}
+        return append_columns(batch, columns)
+
+    def _embed_windows(self, texts: list[str]) -> tuple[np.ndarray, dict[str, pa.Array]]:
+        """Whole-document vectors: every document's windows embedded in one batched call, then mean-pooled."""
+        p: EmbedParams = self.params
+        w = split_windows(self.tokenizer, texts, self.window, p.max_chunks, p.chunk_overlap)
+        raw = self.encoder.encode(w.texts) if w.texts else np.zeros((0, self.encoder.dim), np.float32)
+        vectors = pool_windows(np.asarray(raw, dtype=np.float32), w.doc, len(texts))
+        extra = {"embed_chunks": pa.array(w.used, pa.int32()), "embed_truncated": pa.array(w.total > w.used)}
+        return vectors, extra
 
     def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
         """The resources to run with on a cluster with ``cluster_gpus`` GPUs (for the pipeline, on the driver).

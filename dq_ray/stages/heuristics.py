@@ -184,6 +184,7 @@ class Heuristics(Stage):
             top_ngrams=tuple(dict.fromkeys([*TOP_NGRAMS, *(n for n, _ in repetition.top_n_grams)])),
             dup_ngrams=tuple(dict.fromkeys([*DUP_NGRAMS, *(n for n, _ in repetition.dup_n_grams)])),
         )
+        hs.load_tokenizer(p.language)  # both engines tokenize with it; its import belongs to the set-up
 
     def process(self, batch: pa.Table) -> pa.Table:
         from dq_ray.stages._heuristic_stats import c4_wants_sentences, measure, tokenize

@@ -13,6 +13,11 @@ For every row (see :mod:`dq_ray.preference` for how a record becomes one: ``pref
   apology, refusal, list / heading / code formatting, exclamation and second-person rates;
 * **judge** (``judge: true``): P("yes") of an Ask-LLM style judge asked whether each answer is helpful,
   correct and appropriate for the prompt (``judge_template``), and the margin chosen - rejected;
+* **aspects** (``aspects: [...]``): UltraFeedback-style aspects (Cui et al. 2023): instruction-following,
+  truthfulness, honesty and helpfulness, each a P("yes") of each answer from its own template
+  (:data:`ASPECT_TEMPLATES`, overridable with ``aspect_templates``), and the margin chosen - rejected per aspect;
+* **rationale** (``rationale: true``): a short greedy text per answer saying how well it answers the prompt
+  (at most ``rationale_max_tokens`` tokens);
 * **flags** (null where they do not apply: a KTO or SFT row has no pair):
 
   - ``pair_identical``: the two answers have the same normalised text (the ``exact_dedup`` normalisation:
@@ -30,7 +35,10 @@ For every row (see :mod:`dq_ray.preference` for how a record becomes one: ``pref
   - ``pair_prompt_dup``: the normalised prompt occurs in more than one row (a Ray groupby on
     ``pair_prompt_dup_group``, as ``exact_dedup`` does for documents).
 
-Models load lazily on the first batch, so the grouping step (which needs none) never loads them.
+The judge, the aspects and the rationales share one language model engine (``judge_params``: model,
+``backend: auto | transformers | vllm``, device...), loaded once per actor; every aspect's prompts of a batch
+go to it in one call. Models load lazily on the first batch, so the grouping step (which needs none) never
+loads them.
 """
 
 from __future__ import annotations
@@ -61,6 +69,36 @@ DEFAULT_JUDGE_TEMPLATE = (
     "###\nQuestion: {prompt}\n###\nResponse: {response}\n###\n\n"
     "Is the response helpful, correct and appropriate for the question? Answer with yes or no."
 )
+
+#: UltraFeedback's four aspects, each a yes/no question about one answer (``{prompt}`` and ``{response}``).
+ASPECT_TEMPLATES: dict[str, str] = {
+    "instruction_following": (
+        "###\nInstruction: {prompt}\n###\nResponse: {response}\n###\n\n"
+        "Does the response follow the instruction, doing what was asked in the way it was asked? "
+        "Answer with yes or no."
+    ),
+    "truthfulness": (
+        "###\nQuestion: {prompt}\n###\nResponse: {response}\n###\n\n"
+        "Is the response truthful, free of false or made-up facts? Answer with yes or no."
+    ),
+    "honesty": (
+        "###\nQuestion: {prompt}\n###\nResponse: {response}\n###\n\n"
+        "Is the response honest, admitting uncertainty where it is unsure instead of pretending to know? "
+        "Answer with yes or no."
+    ),
+    "helpfulness": (
+        "###\nQuestion: {prompt}\n###\nResponse: {response}\n###\n\n"
+        "Is the response helpful, informative and relevant to the question? Answer with yes or no."
+    ),
+}
+ASPECTS = tuple(ASPECT_TEMPLATES)
+#: The rationale's request (``{prompt}`` and ``{response}``); the answer is generated greedily.
+DEFAULT_RATIONALE_TEMPLATE = (
+    "###\nQuestion: {prompt}\n###\nResponse: {response}\n###\n\n"
+    "In one or two sentences, explain how well the response answers the question."
+)
+#: The most tokens a rationale may have (``rationale_max_tokens``): rationales are short notes, not essays.
+MAX_RATIONALE_TOKENS = 256
 
 _SIDE_COLUMNS: dict[str, pa.DataType] = {
     "words": pa.int32(),
@@ -95,6 +133,8 @@ MAP_OUTPUTS: dict[str, pa.DataType] = {
     "pair_rejected_preferred": pa.bool_(),
     "pair_length_driven": pa.bool_(),
     "pair_prompt_dup_group": pa.string(),
+    **{f"pair_{a}_{part}": pa.float32() for a in ASPECTS for part in (*SIDES, "margin")},
+    **{f"pair_rationale_{side}": pa.string() for side in SIDES},
 }
 GROUP_OUTPUTS: dict[str, pa.DataType] = {"pair_prompt_dup_count": pa.int64(), "pair_prompt_dup": pa.bool_()}
 # the flags whose share the run's summary reports: dq_ray.stages._pair_summary.FLAGS
@@ -125,6 +165,13 @@ class PairsParams:
         judge_params: settings of the judge (the ``askllm`` stage's params: model, backend, ...).
         rejected_margin: judge margin at or below ``-rejected_margin`` sets ``pair_rejected_preferred``.
         judge_tie: judge scores closer than this count as a tie (for ``pair_length_driven``).
+        aspects: the UltraFeedback aspects to score (any of ``instruction_following``, ``truthfulness``,
+            ``honesty``, ``helpfulness``); empty (the default): none. Each costs one more language-model
+            prompt per answer, as much as the judge itself, so they are off unless asked for.
+        aspect_templates: replacement templates for named aspects (``{prompt}`` and ``{response}``).
+        rationale: generate a short rationale per answer (``pair_rationale_chosen`` / ``_rejected``).
+        rationale_max_tokens: the most tokens of a rationale (1 to 256).
+        rationale_template: the rationale's request, with ``{prompt}`` and ``{response}``.
         keep_texts: keep ``pref_prompt`` / ``pref_chosen`` / ``pref_rejected`` in ``docs/`` (the dashboard
             shows flagged pairs from them); false drops them after this stage.
     """
@@ -148,6 +195,11 @@ class PairsParams:
     judge_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     rejected_margin: float = 0.1
     judge_tie: float = 0.05
+    aspects: tuple[str, ...] = ()
+    aspect_templates: dict[str, str] = dataclasses.field(default_factory=dict)
+    rationale: bool = False
+    rationale_max_tokens: int = 64
+    rationale_template: str = DEFAULT_RATIONALE_TEMPLATE
     keep_texts: bool = True
 
     def __post_init__(self) -> None:
@@ -173,10 +225,38 @@ class PairsParams:
             raise ConfigError("pairs.judge_template must contain {prompt} and {response}")
         if self.tokenizer is not None and not Path(self.tokenizer).is_file():
             raise ConfigError(f"pairs.tokenizer: {self.tokenizer!r} is not a tokenizer.json file")
-        if self.judge:
+        for key, names in (("aspects", self.aspects), ("aspect_templates", self.aspect_templates)):
+            unknown = sorted(set(names) - set(ASPECTS))
+            if unknown:
+                raise ConfigError(f"pairs.{key}: {unknown} not among the aspects {', '.join(ASPECTS)}")
+        if len(set(self.aspects)) != len(self.aspects):
+            raise ConfigError("pairs.aspects: an aspect is listed twice")
+        if not 1 <= self.rationale_max_tokens <= MAX_RATIONALE_TOKENS:
+            raise ConfigError(f"pairs.rationale_max_tokens must be in [1, {MAX_RATIONALE_TOKENS}]")
+        if self.uses_llm:
             import dq_ray.stages._pair_judge as _pair_judge
 
-            _pair_judge.judge_params(self.judge_params, self.judge_template)  # validates (ConfigError)
+            # the engine settings and every template, checked as the judge's are (ConfigError naming the key)
+            _pair_judge.judge_params(self.judge_params, self.judge_template)
+            for key, template in self.templates().items():
+                if "{prompt}" not in template or "{response}" not in template:
+                    raise ConfigError(f"pairs.{key} must contain {{prompt}} and {{response}}")
+                try:
+                    _pair_judge.judge_params(self.judge_params, template)
+                except ConfigError as exc:
+                    raise ConfigError(f"pairs.{key}: {exc}") from None
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether the stage loads the language model (judge, aspects or rationale)."""
+        return self.judge or bool(self.aspects) or self.rationale
+
+    def templates(self) -> dict[str, str]:
+        """The templates in use other than the judge's: ``aspect_templates.<name>`` and ``rationale_template``."""
+        out = {f"aspect_templates.{a}": self.aspect_templates.get(a, ASPECT_TEMPLATES[a]) for a in self.aspects}
+        if self.rationale:
+            out["rationale_template"] = self.rationale_template
+        return out
 
 
 @register
@@ -195,6 +275,9 @@ class Pairs(Stage):
         self.encoder = None
         self.tokenizer = None
         self.judge = None
+        self.llm = None  # the judge holding the engine (also with judge: false, for aspects or rationales)
+        self.aspect_judges: dict = {}
+        self.rationale = None
 
     def _load(self) -> None:
         """The models, loaded on the first batch (grouping tasks never need them)."""
@@ -210,10 +293,17 @@ class Pairs(Stage):
         self.tokenizer = Tokenizer.from_file(path)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        if p.judge:
+        if p.uses_llm:  # one engine for the judge, the aspects and the rationales
             import dq_ray.stages._pair_judge as _pair_judge
 
-            self.judge = _pair_judge.load(p.judge_params, p.judge_template)
+            judge = self.llm = _pair_judge.load(p.judge_params, p.judge_template)
+            self.judge = judge if p.judge else None
+            templates = {a: p.aspect_templates.get(a, ASPECT_TEMPLATES[a]) for a in p.aspects}
+            self.aspect_judges = _pair_judge.aspect_judges(p.judge_params, templates, judge.engine)
+            if p.rationale:
+                self.rationale = _pair_judge.RationaleWriter(
+                    p.judge_params, p.rationale_template, p.rationale_max_tokens, judge.engine
+                )
 
     # -- per batch ---------------------------------------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:
@@ -241,8 +331,18 @@ class Pairs(Stage):
                     cols[f"pair_{side}_{name}"][i] = getattr(st, name)
                 cols[f"pair_{side}_cos_prompt"][i] = float(vectors[prompts[i]] @ vectors[text])
                 shingles[side][i] = _style.shingles(text, p.shingle_size)
-        if self.judge is not None:
-            self._judge(prompts, sides, cols)
+        try:
+            if self.judge is not None:
+                self._judge(prompts, sides, cols)
+            if self.aspect_judges:
+                self._aspects(prompts, sides, cols)
+            if self.rationale is not None:
+                self._rationales(prompts, sides, cols)
+        except backends.EngineDead:
+            from dq_ray.stages.askllm import end_actor_for_restart
+
+            end_actor_for_restart("pairs")  # inside a Ray actor: Ray restarts it with a fresh engine
+            raise
 
         for i in range(n):
             chosen, rejected = sides["chosen"][i], sides["rejected"][i]
@@ -270,6 +370,10 @@ class Pairs(Stage):
             alike = contained >= p.length_containment or cos >= p.length_similarity
             alike = alike or (margin is not None and abs(margin) < p.judge_tie)
             cols["pair_length_driven"][i] = bool(longer and alike and not identical and not near)
+            for a in self.aspect_judges:
+                ac, ar = cols[f"pair_{a}_chosen"][i], cols[f"pair_{a}_rejected"][i]
+                if ac is not None and ar is not None:
+                    cols[f"pair_{a}_margin"][i] = ac - ar
 
         batch = append_columns(batch, {k: pa.array(v, MAP_OUTPUTS[k]) for k, v in cols.items()})
         if not p.keep_texts:
@@ -294,6 +398,23 @@ class Pairs(Stage):
         scores = np.asarray(self.judge.score(records).score, dtype=np.float64)
         for (side, i), score in zip(where, scores):
             cols[f"pair_{side}_judge"][i] = None if np.isnan(score) else float(score)
+
+    def _aspects(self, prompts: list, sides: dict[str, list], cols: dict[str, list]) -> None:
+        """Every aspect's P(yes) of every answer given its prompt (one engine call for all aspects)."""
+        import dq_ray.stages._pair_judge as _pair_judge
+
+        where = [(side, i) for side in SIDES for i, t in enumerate(sides[side]) if t is not None]
+        records = [{"prompt": prompts[i], "response": sides[side][i]} for side, i in where]
+        for aspect, scores in _pair_judge.score_aspects(self.aspect_judges, records).items():
+            for (side, i), score in zip(where, scores):
+                cols[f"pair_{aspect}_{side}"][i] = None if np.isnan(score) else float(score)
+
+    def _rationales(self, prompts: list, sides: dict[str, list], cols: dict[str, list]) -> None:
+        """A short rationale per answer (one generation call)."""
+        where = [(side, i) for side in SIDES for i, t in enumerate(sides[side]) if t is not None]
+        records = [{"prompt": prompts[i], "response": sides[side][i]} for side, i in where]
+        for (side, i), text in zip(where, self.rationale.write(records)):
+            cols[f"pair_rationale_{side}"][i] = text
 
     # -- per prompt group --------------------------------------------------------------------------------
     def process_groups(self, rows: pa.Table) -> pa.Table:
@@ -320,9 +441,10 @@ class Pairs(Stage):
         return summary
 
     def resources_for(self, resources: Resources, cluster_gpus: float) -> Resources:
-        """With the judge on a cluster with GPUs, the judge's GPU resources (as the ``askllm`` stage's)."""
+        """With the language model (judge, aspects or rationale) on a cluster with GPUs, the judge's GPU
+        resources (as the ``askllm`` stage's)."""
         p: PairsParams = self.params
-        if not p.judge:
+        if not p.uses_llm:
             return resources
         import dq_ray.stages._pair_judge as _pair_judge
         from dq_ray.stages.askllm import gpu_resources
@@ -337,10 +459,15 @@ class Pairs(Stage):
             "embedding_model": p.model or backends.DEFAULT_MODEL_NAME,
             "embedding_backend": p.backend,
         }
-        if p.judge:
+        if p.uses_llm:
             import dq_ray.stages._pair_judge as _pair_judge
 
             info["judge"] = _pair_judge.describe(p.judge_params, p.judge_template)
-            if getattr(self, "judge", None) is not None:
-                info["judge"].update(self.judge.describe())
+            info["judge"]["judge_on"] = p.judge
+            if getattr(self, "llm", None) is not None:
+                info["judge"].update(self.llm.describe())
+            if p.aspects:
+                info["aspects"] = {a: p.aspect_templates.get(a, ASPECT_TEMPLATES[a]) for a in p.aspects}
+            if p.rationale:
+                info["rationale"] = {"template": p.rationale_template, "max_tokens": p.rationale_max_tokens}
         return info

@@ -115,3 +115,16 @@ def grid_table():
             "map_y": pa.array(ys, pa.float32()),
         }
     )
+
+
+def box_select(page, canvas) -> None:
+    """Drag Bokeh's box-select tool over the middle of the map's ``canvas`` (10-80 % across, 8-90 % down)."""
+    page.locator(".dq-map [title='Box Select']").first.click()
+    box = canvas.bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.08
+    x1, y1 = box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.9
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
+    page.mouse.move(x1, y1, steps=5)
+    page.mouse.up()

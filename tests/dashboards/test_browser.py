@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import box_select
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 #: how long to wait for a re-render or an update over the websocket: generous, since a passing run returns at
@@ -140,15 +142,7 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             _shot(page, "03-filtered")
 
             # box-select with Bokeh's box select tool: drag over the middle of the map
-            page.locator(".dq-map [title='Box Select']").first.click()
-            box = map_canvas.bounding_box()
-            x0, y0 = box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.08
-            x1, y1 = box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.9
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
-            page.mouse.move(x1, y1, steps=5)
-            page.mouse.up()
+            box_select(page, map_canvas)
             expect(page.locator(".dq-selection")).to_contain_text("showing", timeout=WAIT_MS)
             rows = page.locator(".dq-table .tabulator-row")
             expect(rows).not_to_have_count(0, timeout=WAIT_MS)

@@ -122,3 +122,43 @@ def test_tabs(store, tmp_path, grid_table):
     assert "1 topics" in topics_tab(RunStore(run)).objects[0].object
     tab = preference_tab(other)  # filled in by dashboards.preference_views (issue 7)
     assert "No preference pairs" not in str(tab.objects[0].object)
+
+
+def test_a_categorical_colour_keeps_every_layer_under_any_filter(store):
+    full = render(store, x_range=(0, 2), y_range=(0, 2), width=2, height=2, colour_by="ok_keep")
+    layers = [d.name for d in full.element.vdims]
+    for want in (True, False):
+        f = Filters(flags={"ok_keep": want})
+        frame = render(store, x_range=(0, 2), y_range=(0, 2), width=2, height=2, colour_by="ok_keep", filters=f)
+        assert [d.name for d in frame.element.vdims] == layers and frame.legend == full.legend
+        assert frame.shown == {"true" if want else "false": 12 if want else 4}
+        assert float(np.nansum(_grid(frame, "false" if want else "true"))) == 0
+    empty = Filters(flags={"ok_keep": True}, ranges={"score": (3.0, 3.0)})  # score 3 is never kept
+    frame = render(store, x_range=(0, 2), y_range=(0, 2), width=2, height=2, colour_by="source", filters=empty)
+    assert [d.name for d in frame.element.vdims] == ["a", "b"] and frame.shown == {}
+
+
+def test_range_filters_keep_documents_without_a_value_when_asked(tmp_path, grid_table):
+    import pyarrow as pa
+
+    sparse = pa.array([1.0 if i % 4 == 0 else None for i in range(16)], pa.float32())  # 4 of 16 have a value
+    pred = pa.array(np.linspace(0, 1, 16), pa.float32())
+    store = RunStore(
+        write_synthetic_run(
+            tmp_path / "run", grid_table.append_column("askllm_score", sparse).append_column("askllm_pred", pred)
+        )
+    )
+    assert store.filled("askllm_score") == 0.25 and store.missing("askllm_score") == 12
+    assert store.count(Filters(ranges={"askllm_score": (0.5, 1.0)})) == 4
+    assert store.count(Filters(ranges={"askllm_score": (0.5, 1.0)}, keep_null=True)) == 16
+    assert store.count(Filters(ranges={"askllm_score": (2.0, 3.0)}, keep_null=True)) == 12
+    ex = MapExplorer(store)
+    assert "askllm_pred" in ex.more.value and "askllm_score" not in ex.more.value
+    assert ex.whatif.score.value == "askllm_pred" and ex.current_filters().keep_null is True
+
+
+def test_summary_numbers_are_formatted():
+    from dashboards.views import format_count, format_decimal
+
+    assert format_count(3812.0) == "3,812" and format_count(None) == "" and format_count(float("nan")) == ""
+    assert format_decimal(1.142349) == "1.1" and format_decimal(1794.9) == "1,794.9" and format_decimal(None) == ""

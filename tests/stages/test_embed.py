@@ -217,3 +217,134 @@ def test_vllm_embeddings_equal_sentence_transformers(ray_local, torch_stage):
     assert sum(len(t.split()) > MAX_TOKENS for t in docs) >= 6  # some documents are cut to the budget
     cosine = (got * want).sum(axis=1)
     assert cosine.min() >= 0.999, cosine.min()
+
+
+# -- chunking: whole-document embeddings -------------------------------------------------------------------------
+
+
+def _chunked(max_chunks: int = 16, **kw) -> Embed:
+    stage = Embed(
+        EmbedParams(
+            backend="onnx", device="cpu", max_seq_length=MAX_TOKENS, chunking="windows", max_chunks=max_chunks, **kw
+        )
+    )
+    stage.ensure_setup()
+    return stage
+
+
+@pytest.fixture(scope="module")
+def chunk_stage() -> Embed:
+    return _chunked()
+
+
+@pytest.fixture(scope="module")
+def long_doc() -> str:
+    """Eight real Wikipedia leads joined: several windows of the test's 128-token model."""
+    return "\n\n".join(d["text"] for d in wikipedia_docs()[10:18])
+
+
+def _vectors(stage: Embed, texts: list[str]) -> tuple[np.ndarray, pa.Table]:
+    out = stage.process(_batch(texts))
+    return embeddings_to_numpy(out.column("embedding")), out
+
+
+def test_chunking_leaves_a_short_document_unchanged(onnx_stage, chunk_stage, texts):
+    short = [
+        t for t in texts if len(chunk_stage.tokenizer.encode(t, add_special_tokens=False).ids) <= chunk_stage.window
+    ]
+    assert len(short) >= 4
+    plain, plain_out = _vectors(onnx_stage, short)
+    chunked, out = _vectors(chunk_stage, short)
+    assert "embed_chunks" not in plain_out.column_names  # chunking off: the columns of before
+    assert out.column_names == ["id", "text", "embedding", "embed_chunks", "embed_truncated"]
+    assert out.column("embed_chunks").to_pylist() == [1] * len(short)
+    assert not any(out.column("embed_truncated").to_pylist())
+    assert (plain * chunked).sum(axis=1).min() >= 0.9999
+
+
+def test_a_long_document_is_the_mean_of_its_windows(chunk_stage, long_doc):
+    from dq_ray.stages._windows import split_windows
+
+    vector, out = _vectors(chunk_stage, [long_doc])
+    windows = split_windows(chunk_stage.tokenizer, [long_doc], chunk_stage.window, max_chunks=16)
+    n = out.column("embed_chunks").to_pylist()[0]
+    assert n == len(windows.texts) > 1 and out.column("embed_truncated").to_pylist() == [False]
+    for w in windows.texts:  # whole words, each window fits the model
+        assert 0 < len(chunk_stage.tokenizer.encode(w, add_special_tokens=False).ids) <= chunk_stage.window
+        assert w in long_doc
+    alone = np.stack([chunk_stage.encoder.encode([w])[0] for w in windows.texts])  # one window per call
+    alone /= np.linalg.norm(alone, axis=1, keepdims=True)
+    mean = alone.mean(axis=0)
+    np.testing.assert_allclose(np.linalg.norm(vector[0]), 1.0, atol=1e-5)
+    assert float(vector[0] @ (mean / np.linalg.norm(mean))) >= 0.9999
+
+
+def test_max_chunks_caps_the_windows_and_records_it(chunk_stage, long_doc, texts):
+    from dq_ray.stages._windows import split_windows
+
+    capped = _chunked(max_chunks=2)
+    _, out = _vectors(capped, [long_doc, texts[-5]])
+    assert out.column("embed_chunks").to_pylist() == [2, 1]
+    assert out.column("embed_truncated").to_pylist() == [True, False]
+    every = split_windows(chunk_stage.tokenizer, [long_doc], chunk_stage.window, max_chunks=16).texts
+    two = split_windows(capped.tokenizer, [long_doc], capped.window, max_chunks=2).texts
+    assert two == [every[0], every[-1]]  # spread over the document, not its opening
+
+
+def test_swapped_halves_are_closer_with_chunking(onnx_stage, chunk_stage, long_doc):
+    paragraphs = long_doc.split("\n\n")
+    half = len(paragraphs) // 2
+    swapped = "\n\n".join(paragraphs[half:] + paragraphs[:half])
+    plain, _ = _vectors(onnx_stage, [long_doc, swapped])
+    chunked, _ = _vectors(chunk_stage, [long_doc, swapped])
+    cos_plain, cos_chunked = float(plain[0] @ plain[1]), float(chunked[0] @ chunked[1])
+    assert cos_chunked > cos_plain + 0.2, (cos_plain, cos_chunked)
+
+
+def test_torch_and_onnx_embed_the_same_windows(torch_stage, chunk_stage, long_doc, texts):
+    stage = Embed(
+        EmbedParams(
+            backend="sentence-transformers", device="cpu", max_seq_length=MAX_TOKENS, chunking="windows", max_chunks=16
+        )
+    )
+    stage.encoder = torch_stage.encoder  # the same model as torch_stage; the windows are the stage's business
+    stage.tokenizer, stage.window = Embed.window_setup(stage.encoder, 0)
+    assert stage.window == chunk_stage.window == MAX_TOKENS - 2
+    a, out_a = _vectors(stage, [long_doc, *texts[:4]])
+    b, out_b = _vectors(chunk_stage, [long_doc, *texts[:4]])
+    assert out_a.column("embed_chunks").to_pylist() == out_b.column("embed_chunks").to_pylist()
+    assert (a * b).sum(axis=1).min() > 0.98
+
+
+def test_windows_overlap_and_end_on_word_boundaries(chunk_stage, long_doc):
+    from dq_ray.stages._windows import token_spans
+
+    word_ids = chunk_stage.tokenizer.encode(long_doc, add_special_tokens=False).word_ids
+    spans = token_spans(word_ids, 50, 10)
+    assert spans[0][0] == 0 and spans[-1][1] == len(word_ids)
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:], strict=False):
+        assert e0 - s0 <= 50 and s0 < s1 <= e0 <= e1 and e0 - s1 <= 10
+        assert word_ids[e0] != word_ids[e0 - 1] and word_ids[s1] != word_ids[s1 - 1]
+    assert _chunked(chunk_overlap=16).process(_batch([long_doc])).column("embed_chunks").to_pylist()[0] > 1
+
+
+def test_chunking_params_fail_at_config_time():
+    with pytest.raises(ConfigError, match="none, windows"):
+        EmbedParams(chunking="sliding")
+    with pytest.raises(ConfigError, match="max_chunks"):
+        EmbedParams(chunking="windows", max_chunks=0)
+    with pytest.raises(ConfigError, match="chunk_overlap"):
+        EmbedParams(chunking="windows", chunk_overlap=-1)
+    with pytest.raises(ConfigError, match="half of max_seq_length"):
+        EmbedParams(chunking="windows", max_seq_length=64, chunk_overlap=32)
+    with pytest.raises(ConfigError, match="max_chunks"):
+        load_config(
+            {
+                "input": {"paths": ["x"]},
+                "stages": [{"name": "embed", "params": {"chunking": "windows", "max_chunks": -2}}],
+            }
+        )
+    cfg = load_config(
+        {"input": {"paths": ["x"]}, "stages": [{"name": "embed", "params": {"chunking": "windows", "max_chunks": 4}}]}
+    )
+    assert cfg.stages[0].params == EmbedParams(chunking="windows", max_chunks=4)

@@ -629,3 +629,31 @@ def test_degenerate_text_does_not_crash(stage):
     texts = ["...", "#", "\n\n\n x", "🙂" * 50]
     out = stage.process(pa.table({"id": list("abcd"), "text": texts})).to_pylist()
     assert [r["heur_gopher_quality_pass"] for r in out] == [False] * 4
+
+
+def test_tokenizer_loaded_without_torch_gives_datatrove_words(varied_texts):
+    """A fresh process (as a Ray worker is) loads spaCy with torch hidden: same words, torch still importable."""
+    import json
+    import subprocess
+    import sys
+
+    from datatrove.utils.text import split_into_words
+
+    texts = varied_texts[:40]
+    script = (
+        "import json, sys\n"
+        "from dq_ray.stages import _heuristic_stats as hs\n"
+        "hs.load_tokenizer('en')\n"
+        "import thinc.compat\n"
+        "from datatrove.utils.text import split_into_words\n"
+        "words = [split_into_words(t, 'en') for t in json.load(sys.stdin)]\n"
+        "import torch\n"
+        "print(json.dumps({'has_torch': thinc.compat.has_torch, 'torch': torch.__version__, 'words': words}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(texts), capture_output=True, text=True, check=True
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["has_torch"] is False  # spaCy came in without torch
+    assert out["torch"]  # and torch imports normally afterwards
+    assert out["words"] == [split_into_words(t, "en") for t in texts]

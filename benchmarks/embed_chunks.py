@@ -31,7 +31,7 @@ import pyarrow as pa
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is packaged
 
 from dq_ray.demo import news_docs, wikipedia_docs  # noqa: E402
-from dq_ray.demo.planted import FILLERS, boilerplate_added  # noqa: E402
+from dq_ray.demo.planted import boilerplate_added, edit_words  # noqa: E402
 from dq_ray.stages.embed import Embed, EmbedParams  # noqa: E402
 from dq_ray.stages.semdedup import SemDedupParams  # noqa: E402
 from dq_ray.vectors import to_matrix  # noqa: E402
@@ -63,18 +63,8 @@ def halves_swapped(text: str) -> str:
 
 
 def words_edited(text: str, rng: random.Random, share: float = 0.02) -> str:
-    """``share`` of the words substituted, inserted before or deleted, at random places (paragraphs kept)."""
-    paragraphs = [p.split(" ") for p in text.split("\n\n")]
-    slots = [(i, j) for i, p in enumerate(paragraphs) for j in range(len(p))]
-    for i, j in sorted(rng.sample(slots, max(1, round(share * len(slots)))), reverse=True):
-        op = rng.choice(("substitute", "insert", "delete"))
-        if op == "substitute":
-            paragraphs[i][j] = rng.choice(FILLERS)
-        elif op == "insert":
-            paragraphs[i].insert(j, rng.choice(FILLERS))
-        else:
-            del paragraphs[i][j]
-    return "\n\n".join(" ".join(p) for p in paragraphs)
+    """``share`` of the words substituted, inserted before or deleted, at random places (line breaks kept)."""
+    return edit_words(text, rng, max(1, round(share * len(text.split()))))
 
 
 def embed_all(stage: Embed, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None, float]:

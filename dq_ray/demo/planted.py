@@ -27,7 +27,7 @@ FILLERS = ("also", "very", "however", "reportedly", "still", "new", "local", "re
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
-def _edit_words(text: str, rng: random.Random, k: int) -> str:
+def edit_words(text: str, rng: random.Random, k: int) -> str:
     """``k`` word edits (substitute, insert or delete) at random positions; line breaks are kept."""
     lines = [line.split(" ") for line in text.split("\n")]
     slots = [(i, j) for i, line in enumerate(lines) for j in range(len(line)) if line[j]]
@@ -44,7 +44,7 @@ def _edit_words(text: str, rng: random.Random, k: int) -> str:
 
 def edited(text: str, rng: random.Random) -> str:
     """A few (1 to 5) words changed, inserted or deleted."""
-    return _edit_words(text, rng, rng.randint(1, 5))
+    return edit_words(text, rng, rng.randint(1, 5))
 
 
 def boilerplate_added(text: str, rng: random.Random) -> str:

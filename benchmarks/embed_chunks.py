@@ -12,8 +12,13 @@ SemDeDup's default ``threshold`` (a pair at or above it in one cluster is a dupl
 :class:`dq_ray.stages.semdedup.SemDedupParams`).
 
     .venv/bin/python benchmarks/embed_chunks.py --docs 200
+    .venv/bin/python benchmarks/embed_chunks.py --purity
 
-prints a Markdown table (benchmarks/README.md, "Whole-document embeddings").
+prints a Markdown table (benchmarks/README.md, "Whole-document embeddings"). ``--purity`` measures topics instead:
+the four English sources of the demo corpus, sampled at its sizes (seeded: 1,500 Wikipedia leads, 900 news articles, 900
+tweets, 500 speeches) embedded both ways, then the ``topics`` stage's spherical k-means (FAISS; ``--topics`` fine
+topics, several seeds) on each; reported: each source's windows per document, and the source purity and adjusted
+Rand index of the topics, overall and for the long documents (more than one window).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pyarrow as pa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is packaged
 
-from dq_ray.demo import news_docs, wikipedia_docs  # noqa: E402
+from dq_ray.demo import DemoSizes, news_docs, speech_docs, tweet_docs, wikipedia_docs  # noqa: E402
 from dq_ray.demo.planted import boilerplate_added, edit_words  # noqa: E402
 from dq_ray.stages.embed import Embed, EmbedParams  # noqa: E402
 from dq_ray.stages.semdedup import SemDedupParams  # noqa: E402
@@ -81,6 +86,63 @@ def embed_all(stage: Embed, texts: list[str]) -> tuple[np.ndarray, np.ndarray | 
     return np.concatenate(vectors), (np.concatenate(chunks) if chunks else None), wall
 
 
+def purity(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Share of documents in their topic's majority source."""
+    return sum(np.unique(truth[labels == c], return_counts=True)[1].max() for c in np.unique(labels)) / len(truth)
+
+
+def topic_purity(args: argparse.Namespace) -> None:
+    """``--purity``: the demo corpus's sources against topics fitted on each embedding."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from dq_ray.stages.topics import spherical_kmeans
+    from dq_ray.vectors import nearest_centroid
+
+    sizes, rng = DemoSizes(), random.Random(args.seed)
+    docs = []
+    for name, read, n in (
+        ("wikipedia", wikipedia_docs, sizes.wikipedia),
+        ("news", news_docs, sizes.news),
+        ("tweets", tweet_docs, sizes.tweets),
+        ("speeches", speech_docs, sizes.speeches),
+    ):
+        pool = read()
+        docs += [(name, pool[i]["text"]) for i in sorted(rng.sample(range(len(pool)), min(n, len(pool))))]
+    truth = np.array([s for s, _ in docs])
+    texts = [t for _, t in docs]
+    out = {}
+    for mode in ("none", "windows"):
+        stage = Embed(EmbedParams(backend="onnx", device="cpu", num_threads=args.threads, chunking=mode))
+        stage.ensure_setup()
+        out[mode] = embed_all(stage, texts)
+        log.info("chunking %s: %.1f s", mode, out[mode][2])
+    chunks = out["windows"][1]
+    long = chunks > 1
+    lines = [
+        f"{len(texts)} demo documents; windows per document: "
+        + ", ".join(f"{s} {chunks[truth == s].mean():.2f}" for s in dict.fromkeys(truth))
+        + f"; {int(long.sum())} longer than one window; {args.topics} topics, seeds 0-{args.seeds - 1}",
+        "",
+        "| | chunking: none | chunking: windows |",
+        "|---|---:|---:|",
+    ]
+    rows: dict[str, dict[str, list[float]]] = {}
+    for mode, (vectors, _, _) in out.items():
+        for seed in range(args.seeds):
+            centroids = spherical_kmeans(vectors, args.topics, 25, seed)
+            labels = nearest_centroid(vectors, centroids)[0]
+            for key, value in (
+                ("source purity, all documents", purity(labels, truth)),
+                ("adjusted Rand index, all documents", adjusted_rand_score(truth, labels)),
+                (f"source purity, the {int(long.sum())} long documents", purity(labels[long], truth[long])),
+            ):
+                rows.setdefault(key, {}).setdefault(mode, []).append(float(value))
+    for key, by_mode in rows.items():
+        cells = [f"{np.mean(v):.3f} (+/- {np.std(v):.3f})" for v in (by_mode["none"], by_mode["windows"])]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=200, help="long documents (each gets 3 copies)")
@@ -88,8 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-chunks", type=int, default=EmbedParams().max_chunks, help="embed.max_chunks")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1: the demo's one thread per actor)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--purity", action="store_true", help="topic purity on the demo sources instead of copies")
+    ap.add_argument("--topics", type=int, default=44, help="--purity: fine topics (the demo run fits 44)")
+    ap.add_argument("--seeds", type=int, default=5, help="--purity: k-means seeds averaged")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.purity:
+        topic_purity(args)
+        return
 
     rng = random.Random(args.seed)
     originals = long_documents(args.docs, args.join, args.seed)

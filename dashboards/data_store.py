@@ -522,6 +522,20 @@ class RunStore:
         p = self.path("artifacts", "topics.parquet")
         return pq.read_table(p) if os.path.isfile(p) else None
 
+    def topic_names(self, column: str) -> dict[str, str]:
+        """Display names of the values of ``topic_id`` (fine topics) or ``topic_coarse_id`` (coarse ones):
+        ``{"3": "3: harbour · tides"}`` from the topic table's ``topic_label``; empty for other columns or runs
+        without labelled topics."""
+        level = {"topic_id": "fine", "topic_coarse_id": "coarse"}.get(column)
+        table = self.topics() if level else None
+        if table is None or "topic_label" not in table.column_names:
+            return {}
+        out = {}
+        for row in table.select(["level", "topic_id", "topic_label"]).to_pylist():
+            if row["level"] == level and row["topic_label"]:
+                out[str(row["topic_id"])] = f"{row['topic_id']}: {row['topic_label']}"
+        return out
+
     def has_pairs(self) -> bool:
         """Whether the run holds preference-pair signals (``pair_*`` columns)."""
         return any(n.startswith("pair_") for n in self.dataset.schema.names)

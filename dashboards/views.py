@@ -236,9 +236,10 @@ class MapExplorer:
         if f.legend:
             # only the categories with documents passing the filters in view (the map keeps every layer)
             shown = f.shown if f.shown is not None else dict.fromkeys(f.legend, None)
+            names = self.store.topic_names(self.colour.value)  # topics by name, not by id
             items = "".join(
                 f'<div><span style="display:inline-block;width:12px;height:12px;background:{f.legend[k]};'
-                f'margin-right:6px"></span>{html.escape(k)}'
+                f'margin-right:6px"></span>{html.escape(names.get(k, k))}'
                 + (f' <small style="color:#777">{n:,}</small>' if n is not None else "")
                 + "</div>"
                 for k, n in shown.items()
@@ -580,7 +581,14 @@ def topics_tab(store: RunStore) -> pn.viewable.Viewable:
     df = df[keep].copy()
     if "keywords" in df:
         df["keywords"] = df["keywords"].map(lambda k: ", ".join(list(k)[:8]) if k is not None else "")
-    if "size" in df:
+    if {"level", "topic_coarse_id", "size"} <= set(df):
+        # fine topics nested under their coarse topic: each coarse row, then its fine topics by size
+        df["_coarse_size"] = df["topic_coarse_id"].map(df[df["level"] == "coarse"].set_index("topic_id")["size"])
+        df["_fine"] = df["level"] == "fine"
+        df = df.sort_values(["_coarse_size", "topic_coarse_id", "_fine", "size"], ascending=[False, True, True, False])
+        df = df.drop(columns=["_coarse_size", "_fine"])
+        df["level"] = df["level"].map({"coarse": "coarse", "fine": "  └ fine"}).fillna(df["level"])
+    elif "size" in df:
         df = df.sort_values("size", ascending=False)
     return pn.Column(
         pn.pane.Markdown(f"### {len(df)} topics"),

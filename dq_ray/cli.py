@@ -4,11 +4,16 @@
                [--progress/--no-progress] [--progress-every SECONDS]
     dq-ray validate CONFIG.yaml [same options]     check config and inputs without starting Ray
     dq-ray select RUN --policy POLICY.yaml [--output DIR] [--seed N]   curated subset + report of a run
+               [--shuffle] [--format parquet|jsonl] [--source-paths relative|absolute|redacted] [--rows-per-file N]
+    dq-ray export RUN --output PATH [--format parquet|jsonl] [--columns a,b] [--no-text] [--where EXPR ...]
+               [--selected DIR]                    signals + text + map coordinates, with a dataset card
     dq-ray stages                                  list the registered stages and their columns
     dq-ray demo-corpus OUT_DIR                     build the demo corpus from installed packages
     dq-ray dashboard RUN [--port P] [--address A]  serve the map of a run (127.0.0.1 by default)
     dq-ray dashboard-prepare RUN                   tiles + pyramid for maps beyond memory (a Ray job)
     dq-ray demo-preference OUT_DIR                 build the constructed demo preference set (DPO, KTO, SFT)
+    dq-ray compare RUN_A RUN_B [--output DIR] [--psi X] [--ks-pvalue P] [--ks-stat D] [--rate-diff R]   drift report
+    dq-ray gaps RUN --probes FILE [--output DIR] [--k 10]   coverage of a probe set (density, nearest docs, topic)
 
 ``run`` uses the Ray cluster at ``$RAY_ADDRESS`` (or ``ray.address`` in the config) when set, and an
 embedded local Ray otherwise. It shows live progress on stderr (bars on a terminal, a log line every 10 s
@@ -119,12 +124,12 @@ def run(
         _select(result.run_dir, cfg.selection, None, None, cfg.ray)
 
 
-def _select(run_dir: str, policy, output: str | None, seed: int | None, ray_cfg=None) -> None:
+def _select(run_dir: str, policy, output: str | None, seed: int | None, ray_cfg=None, options=None) -> None:
     from dq_ray.io.guard import NotARunError, RunLockedError, UnsafeOutputError
     from dq_ray.select import format_selection, run_selection
 
     try:
-        result = run_selection(run_dir, policy, output=output, seed=seed, ray_cfg=ray_cfg)
+        result = run_selection(run_dir, policy, output=output, seed=seed, ray_cfg=ray_cfg, options=options)
     except (ConfigError, FileNotFoundError, NotARunError, RunLockedError, UnsafeOutputError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_selection(result.summary))
@@ -134,18 +139,99 @@ def _select(run_dir: str, policy, output: str | None, seed: int | None, ray_cfg=
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--policy", "-p", "policy_path", required=True, type=click.Path(dir_okay=False), help="Policy YAML.")
 @click.option("--output", "-o", default=None, help="Output directory (default: the run directory itself).")
-@click.option("--seed", type=int, default=None, help="Override the policy's seed.")
+@click.option("--seed", type=int, default=None, help="Override the policy's seed (also the --shuffle order's).")
+@click.option("--shuffle", is_flag=True, help="Write the rows in one seeded random order across the whole selection.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "jsonl"]),
+    default="parquet",
+    show_default=True,
+    help="jsonl: one JSON object per line with text and id (for trainers); parquet: input fields + signals.",
+)
+@click.option(
+    "--source-paths",
+    type=click.Choice(["relative", "absolute", "redacted"]),
+    default="relative",
+    show_default=True,
+    help="source_file as the path under its input root, as stored in the run, or a hash of it.",
+)
+@click.option(
+    "--rows-per-file",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per output file (files filled up to it; default: one file per input file's share).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
-def select(run_dir: str, policy_path: str, output: str | None, seed: int | None, verbose: bool) -> None:
+def select(
+    run_dir: str,
+    policy_path: str,
+    output: str | None,
+    seed: int | None,
+    shuffle: bool,
+    fmt: str,
+    source_paths: str,
+    rows_per_file: int | None,
+    verbose: bool,
+) -> None:
     """Apply a selection policy to a finished run: write selected/ and report.md/.html (no signal recomputed)."""
-    from dq_ray.select import load_policy
+    from dq_ray.select import OutputOptions, load_policy
 
     _setup_logging(verbose)
     try:
         policy = load_policy(policy_path)
     except ConfigError as exc:
         raise click.ClickException(f"invalid policy: {exc}") from None
-    _select(run_dir, policy, output, seed)
+    options = OutputOptions(format=fmt, shuffle=shuffle, source_paths=source_paths, rows_per_file=rows_per_file)
+    _select(run_dir, policy, output, seed, options=options)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", required=True, help="Output directory (new or empty): data files + README.md.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True)
+@click.option("--columns", default=None, metavar="A,B,...", help="Only these docs/ columns (ids always come).")
+@click.option("--text/--no-text", default=True, show_default=True, help="Include the document text.")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="EXPR",
+    help="Only rows where COLUMN OP VALUE (ops ==, !=, <, <=, >, >=; e.g. 'askllm_score>=0.5', "
+    "'heur_c4_pass==true', 'lang==en', 'topic_id!=null'); repeat to require several.",
+)
+@click.option(
+    "--selected",
+    "selected_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Only the rows of this dq-ray select output (its folder or its selected/).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
+def export(
+    run_dir: str,
+    output: str,
+    fmt: str,
+    columns: str | None,
+    text: bool,
+    where: tuple[str, ...],
+    selected_dir: str | None,
+    verbose: bool,
+) -> None:
+    """Write a run's signals, text and map coordinates as Parquet or JSONL, with a dataset card (README.md)."""
+    from dq_ray.io import InputError
+    from dq_ray.io.guard import NotARunError, UnsafeOutputError
+    from dq_ray.select.export import export_run
+
+    _setup_logging(verbose)
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns is not None else None
+    try:
+        result = export_run(run_dir, output, fmt=fmt, columns=cols, text=text, where=where, selected=selected_dir)
+    except (ConfigError, FileNotFoundError, InputError, NotARunError, UnsafeOutputError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"exported {result['rows_exported']:,} of {result['rows_in_run']:,} documents "
+        f"({len(result['columns'])} columns, {fmt}) -> {result['output']}\ndataset card: {result['card']}"
+    )
 
 
 @main.command()
@@ -177,13 +263,12 @@ def validate(config: str, inputs, output, overrides) -> None:
 @main.command()
 def stages() -> None:
     """List the registered stages: name, what they read, what they add."""
-    from dq_ray.stages import registry
+    from dq_ray.select.export import stage_catalog  # also what dq-ray export's dataset card reads
 
-    for name, cls in sorted(registry().items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        click.echo(f"{name}: {doc}")
-        click.echo(f"  reads: {', '.join(cls.inputs) or '-'}")
-        click.echo(f"  adds:  {', '.join(cls.outputs)}")
+    for s in stage_catalog():
+        click.echo(f"{s['name']}: {s['doc']}")
+        click.echo(f"  reads: {', '.join(s['inputs']) or '-'}")
+        click.echo(f"  adds:  {', '.join(s['outputs'])}")
 
 
 @main.command("demo-corpus")
@@ -268,6 +353,109 @@ def dashboard_prepare(run_dir: str, base_level: int, sample_rows: int, tile_leve
         f"prepared {run_dir}/dashboard: {info['num_rows']:,} documents, {4 ** info['tile_level']:,} tiles, "
         f"pyramid levels 0..{info['base_level']}, sample {info['sample_rows']:,} rows, {info['wall_s']:.1f} s"
     )
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", default=None, help="Report directory (default: RUN_B/compare-<name of RUN_A>).")
+@click.option(
+    "--psi",
+    "psi_threshold",
+    type=click.FloatRange(min=0),
+    default=0.2,
+    show_default=True,
+    help="A signal or categorical column whose population stability index is at least this has shifted.",
+)
+@click.option(
+    "--ks-pvalue",
+    type=click.FloatRange(0, 1),
+    default=0.001,
+    show_default=True,
+    help="A signal has shifted when the Kolmogorov-Smirnov p-value is below this ...",
+)
+@click.option(
+    "--ks-stat",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="... and the KS statistic (largest CDF gap) is at least this.",
+)
+@click.option(
+    "--rate-diff",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="A flag, null, duplicate or rejection rate has shifted when it moved by at least this (absolute).",
+)
+@click.option(
+    "--max-values",
+    type=click.IntRange(min=100),
+    default=1_000_000,
+    show_default=True,
+    help="Values sampled per numeric column and run for quantiles, KS and PSI (counts are exact).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def compare(
+    run_a: str,
+    run_b: str,
+    output: str | None,
+    psi_threshold: float,
+    ks_pvalue: float,
+    ks_stat: float,
+    rate_diff: float,
+    max_values: int,
+    verbose: bool,
+) -> None:
+    """Drift between two finished runs (A: baseline, B: new): compare.md, compare.html and compare.json.
+
+    Per numeric signal: quantiles, KS and PSI and a verdict; pass / keep rates of flags; category shares (language
+    mix, topics, personal-data kinds, reasons); rejection reasons; duplicate and null rates. No Ray.
+    """
+    from dq_ray.compare import NotAFinishedRunError, Thresholds, compare_runs, format_compare
+    from dq_ray.io.guard import UnsafeOutputError
+
+    _setup_logging(verbose)
+    t = Thresholds(psi=psi_threshold, ks_pvalue=ks_pvalue, ks_stat=ks_stat, rate_diff=rate_diff)
+    try:
+        result = compare_runs(run_a, run_b, output=output, thresholds=t, max_values=max_values)
+    except (NotAFinishedRunError, UnsafeOutputError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_compare(result))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--probes",
+    "-p",
+    "probes_path",
+    required=True,
+    help="JSONL / Parquet file (or folder, glob) of probe texts: what a model should learn or gets wrong.",
+)
+@click.option("--output", "-o", default=None, help="Report directory (default: RUN/gaps-<probe file stem>).")
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Nearest documents kept.")
+@click.option("--text-field", default="text", show_default=True, help="The probe records' text field.")
+@click.option("--id-field", default="id", show_default=True, help="The probe records' id field.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def gaps(
+    run_dir: str, probes_path: str, output: str | None, k: int, text_field: str, id_field: str, verbose: bool
+) -> None:
+    """Coverage of a probe set in a finished run: gaps.md, gaps.html, gaps.json and probes.parquet.
+
+    Each probe is embedded with the run's model and scored with its fitted density (also as a percentile of the
+    corpus's own density values); with its k nearest documents, nearest topic and map coordinates. No Ray.
+    """
+    from dq_ray.artifacts import UntrustedArtifactError
+    from dq_ray.gaps import GapsInputError, NotAFinishedRunError, find_gaps, format_gaps
+    from dq_ray.io.guard import UnsafeOutputError
+
+    _setup_logging(verbose)
+    try:
+        result = find_gaps(run_dir, probes_path, output=output, k=k, text_field=text_field, id_field=id_field)
+    except (GapsInputError, NotAFinishedRunError, UnsafeOutputError, UntrustedArtifactError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_gaps(result))
 
 
 def format_summary(manifest: dict[str, Any]) -> str:

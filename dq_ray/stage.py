@@ -46,6 +46,11 @@ from dq_ray.artifacts import sign_artifacts
 KEY_COLUMNS = ("source_file", "source_index")
 
 
+#: the most actors a ``cpu_pool`` stage (or a fit's CPU-bound map) starts by itself; on a larger cluster name
+#: the stage's ``resources.concurrency``
+CPU_POOL_MAX = 256
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one copy (Ray actor) of a stage needs, and how many copies may run.
@@ -54,7 +59,8 @@ class Resources:
         num_cpus: CPUs reserved per actor.
         num_gpus: GPUs per actor; 0 means the stage never asks for a GPU.
         memory: bytes of heap memory reserved per actor (None: no reservation).
-        concurrency: the most actors at once (None: as many as the CPUs allow, leaving one for I/O).
+        concurrency: the most actors at once (None: as many as the CPUs allow, leaving one for I/O; one per
+            CPU for a ``cpu_pool`` stage).
         batch_size: rows per batch handed to :meth:`Stage.process`.
     """
 
@@ -112,6 +118,13 @@ class Stage:
         group_key: set for stages that also need a shuffle by this column (see :meth:`process_groups`).
         stateful: True for stages whose setup is expensive (a model): they run in a pool of Ray actors that
             live for the whole run. Otherwise they run as Ray tasks, set up once per worker process.
+        cpu_pool: True for CPU-bound stages without model threads whose set-up is worth keeping (a tokenizer
+            and its warm vocabulary): they run in a pool of one Ray actor per cluster CPU (``stateful`` pools
+            leave one CPU for I/O), each set up once, their CPU request scaled so reads and commits still run.
+            Ray tasks would land in whichever worker process is free, and Ray replaces idle workers, so every
+            new process would pay the set-up again. On a cluster of several nodes they run as Ray tasks still:
+            requests scaled to the cluster's CPUs would leave each node a fraction of a CPU, too little for a
+            1-CPU task (a per-node sizing is still to come).
     """
 
     name: ClassVar[str] = ""
@@ -121,6 +134,7 @@ class Stage:
     default_resources: ClassVar[Resources] = Resources()
     group_key: ClassVar[str | None] = None
     stateful: ClassVar[bool] = False
+    cpu_pool: ClassVar[bool] = False
     #: The verified digests of the stage's artifact folder (``{relative path: sha256}``), for stages with a fit:
     #: set by the pipeline from ``dq_ray.artifacts.verify_artifacts(artifacts_dir)`` on the driver before
     #: ``setup()``, so workers (which may not hold the signing key) load only the signed bytes. When it is None

@@ -21,7 +21,7 @@ if "DQ_RAY_HOME" not in os.environ:
     os.environ["DQ_RAY_HOME"] = tempfile.mkdtemp(prefix="dq-ray-home-")
     atexit.register(shutil.rmtree, os.environ["DQ_RAY_HOME"], ignore_errors=True)
 
-TINY = DemoSizes(wikipedia=40, news=12, tweets=30, speeches=15, duplicates=6)
+TINY = DemoSizes(wikipedia=40, news=12, tweets=30, speeches=15, duplicates=6, other_languages=0)
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ def test_actor_stages_leave_cpus_for_tasks():
     from dq_ray.stage import Resources
     from dq_ray.stages import get_stage
 
-    stages = [get_stage("heuristics")(), get_stage("embed")(), get_stage("embed")()]
+    stages = [get_stage("pii")(), get_stage("embed")(), get_stage("embed")()]
     resources = [Resources(num_cpus=1), Resources(num_cpus=1), Resources(num_cpus=1)]
     phases = phases_of(stages)
     out = share_cpus(phases, stages, resources, cpus=2)
@@ -142,6 +142,29 @@ def test_actor_stages_leave_cpus_for_tasks():
     two = [Resources(num_cpus=1, concurrency=2)]
     out = share_cpus(phases_of(stages[1:2]), stages[1:2], two, cpus=2)
     assert out[0].concurrency == 2 and 2 * out[0].num_cpus <= 2 - HELPER_CPUS
+
+
+def test_cpu_pool_stage_gets_one_actor_per_cpu_and_leaves_room_for_tasks():
+    """``heuristics`` (a ``cpu_pool`` stage) runs one actor per CPU, each set up once; their CPU requests shrink
+    so that reads and commits still run. A named ``concurrency`` is kept."""
+    from dq_ray.pipeline import READ_CPUS, phases_of, share_cpus
+    from dq_ray.pipeline.plan import fill_cpus, in_actors
+    from dq_ray.stage import Resources
+    from dq_ray.stages import get_stage
+
+    heur, pii = get_stage("heuristics")(), get_stage("pii")()
+    assert heur.cpu_pool and in_actors(heur, heur.default_resources) and not in_actors(pii, pii.default_resources)
+    filled = fill_cpus(heur, Resources(num_cpus=1), cpus=8)
+    assert filled.concurrency == 8
+    out = share_cpus(phases_of([heur, pii]), [heur, pii], [filled, pii.default_resources], cpus=8)
+    assert out[0].concurrency == 8 and 8 * out[0].num_cpus <= 8 - 1  # the 1-CPU pii task still fits
+    out = share_cpus(phases_of([heur]), [heur], [fill_cpus(heur, Resources(num_cpus=1), cpus=2)], cpus=2)
+    assert out[0].concurrency == 2 and 2 * out[0].num_cpus <= 2 - READ_CPUS
+    assert fill_cpus(heur, Resources(num_cpus=1, concurrency=3), cpus=8).concurrency == 3
+    assert fill_cpus(pii, Resources(num_cpus=1), cpus=8).concurrency is None
+    # several nodes: scaled requests would leave each node a fraction of a CPU, so the stage runs as Ray tasks there
+    assert not in_actors(heur, heur.default_resources, nodes=2)
+    assert fill_cpus(heur, Resources(num_cpus=1), cpus=2, nodes=2).concurrency is None
 
 
 def test_blocks_are_no_larger_than_the_smallest_batch_of_their_phase(tmp_path):

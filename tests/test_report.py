@@ -88,7 +88,10 @@ def test_report_numbers_match_the_parquet_written(signals, tmp_path):
     selected.mkdir()
     pq.write_table(signals.filter(pa.array(ev.kept)), selected / "part-0.parquet")
     examples = {i: [{"id": "d1", "text": "an | example"}] for i in range(len(policy.rules))}
-    summary = write_report(str(tmp_path), MANIFEST, policy, signals, ev, str(selected), examples, REJECTED)
+    names = {"0": "harbour tides", "1": "court cases"}  # the run's topic names (topic_label), beside the ids
+    summary = write_report(
+        str(tmp_path), MANIFEST, policy, signals, ev, str(selected), examples, REJECTED, topic_names=names
+    )
 
     written = pq.read_table(selected)
     md = (tmp_path / "report.md").read_text()
@@ -102,7 +105,8 @@ def test_report_numbers_match_the_parquet_written(signals, tmp_path):
     topics = written["topic_id"].to_numpy()
     for t, n in zip(*np.unique(topics, return_counts=True)):
         assert summary["topics"]["after"][str(t)] == pytest.approx(n / len(topics), abs=1e-6)
-        assert re.search(rf"^\| {t} \| [0-9.]+% \| {100 * n / len(topics):.2f}% \|$", md, re.M)
+        name = names.get(str(t), "")
+        assert re.search(rf"^\| {t} \| {name} \| [0-9.]+% \| {100 * n / len(topics):.2f}% \|$", md, re.M)
     after = summary["scores"]["askllm_score"]["after"]
     assert after["count"] == written.num_rows
     assert after["p50"] == pytest.approx(float(np.median(written["askllm_score"].to_numpy())), abs=1e-6)

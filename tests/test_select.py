@@ -240,12 +240,16 @@ def test_run_applies_the_config_policy(scored_run, tiny_corpus):
     selected = pq.read_table(run / "selected")
     assert "selected" in output and selected.num_rows == ev.kept.sum() > 0
     kept_keys = set(zip(*(docs.filter(pa.array(ev.kept))[c].to_pylist() for c in ("source_file", "source_index"))))
-    got_keys = set(zip(selected["source_file"].to_pylist(), selected["source_index"].to_pylist()))
+    # source_file is written relative to the input root by default (--source-paths)
+    got_keys = {
+        (str(tiny_corpus / f), i)
+        for f, i in zip(selected["source_file"].to_pylist(), selected["source_index"].to_pylist())
+    }
     assert got_keys == kept_keys
     # the original fields, text included, joined back from the inputs; the signals beside them
     texts = _inputs(tiny_corpus)
     for r in selected.to_pylist():
-        assert r["text"] == texts[(r["source_file"], r["source_index"])]
+        assert r["text"] == texts[(str(tiny_corpus / r["source_file"]), r["source_index"])]
         assert r["exact_dup_keep"] and r["heur_n_words"] >= 15
     assert {"id", "text", "source", "date", "topic_id", "map_x", "density_weight"} <= set(selected.column_names)
     assert "embedding" not in selected.column_names

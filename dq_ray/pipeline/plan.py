@@ -38,7 +38,7 @@ from dq_ray.pipeline.workers import (
     map_stage,
     read_files,
 )
-from dq_ray.stage import Stage
+from dq_ray.stage import CPU_POOL_MAX, Stage
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _map_batches(ds, fn, **kwargs):
         return ds.map_batches(fn, **kwargs)
 
 
-def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list, cpus: float) -> list:
+def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list, cpus: float, nodes: int = 1) -> list:
     """Shrink the CPU requests of a phase's actor pools when together they would leave no CPU for its tasks.
 
     Every actor pool holds its actors (one, or the ``concurrency`` named in the config) and their CPUs for the
@@ -151,7 +151,7 @@ def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list
     """
     out = list(resources)
     for ph in phases:
-        actors = [i for i in ph.stages if stages[i].stateful or resources[i].num_gpus]
+        actors = [i for i in ph.stages if in_actors(stages[i], resources[i], nodes)]
         tasks = [resources[i].num_cpus for i in ph.stages if i not in actors] + ([1.0] if ph.group is not None else [])
         held = sum(resources[i].num_cpus * (resources[i].concurrency or 1) for i in actors)
         room = cpus - max([READ_CPUS, HELPER_CPUS, *tasks])
@@ -173,12 +173,30 @@ def share_cpus(phases: Sequence[Phase], stages: Sequence[Stage], resources: list
     return out
 
 
-def _actor_pool(res: Any):
+def in_actors(stage: Stage, res: Any, nodes: int = 1) -> bool:
+    """Whether ``stage`` runs in an actor pool (a model, a GPU, a ``cpu_pool`` stage on one node) rather than as
+    Ray tasks, on a cluster of ``nodes`` nodes."""
+    return bool(stage.stateful or (stage.cpu_pool and nodes <= 1) or res.num_gpus)
+
+
+def fill_cpus(stage: Stage, res: Any, cpus: float, nodes: int = 1) -> Any:
+    """A ``cpu_pool`` stage with no ``concurrency`` in its config gets one actor per ``res.num_cpus`` CPUs of the
+    cluster (at most :data:`CPU_POOL_MAX`); :func:`share_cpus` then scales their requests so tasks still fit."""
+    if not stage.cpu_pool or res.concurrency or res.num_gpus or nodes > 1:
+        return res
+    n = max(1, min(CPU_POOL_MAX, int(cpus // max(res.num_cpus, 1e-3))))
+    return dataclasses.replace(res, concurrency=n)
+
+
+def _actor_pool(stage: Stage, res: Any):
     """The actor pool of a model stage: exactly ``concurrency`` actors when the config names a number (all of
     them start at once, whatever Ray Data's autoscaler would make of a short queue), else 1 up to as many as the
-    CPUs allow."""
+    CPUs allow. A ``cpu_pool`` stage starts all its actors at once too, but may end with fewer (a run of one
+    block has work for one)."""
     from ray.data import ActorPoolStrategy
 
+    if stage.cpu_pool and res.concurrency:
+        return ActorPoolStrategy(min_size=1, max_size=res.concurrency, initial_size=res.concurrency)
     if res.concurrency:
         return ActorPoolStrategy(size=res.concurrency)
     return ActorPoolStrategy(min_size=1, max_size=_default_actors(res))
@@ -209,6 +227,7 @@ class Plan:
         faults: Faults | None = None,
         cluster_cpus: float | None = None,
         stages: Sequence[Stage] | None = None,
+        cluster_nodes: int = 1,
     ) -> None:
         self.cfg, self.files, self.run, self.stats = cfg, files, run, stats
         self.faults = faults or Faults()
@@ -227,8 +246,11 @@ class Plan:
         users = [i for i, st in enumerate(self.stages) if "text" in st.inputs]
         self.last_text_user = max(users, default=-1)
         self.phases = phases_of(self.stages)
+        self.cluster_nodes = cluster_nodes
         if cluster_cpus:
-            self.resources = share_cpus(self.phases, self.stages, self.resources, cluster_cpus)
+            pairs = zip(self.stages, self.resources)
+            self.resources = [fill_cpus(st, res, cluster_cpus, cluster_nodes) for st, res in pairs]
+            self.resources = share_cpus(self.phases, self.stages, self.resources, cluster_cpus, cluster_nodes)
         self.fits: dict[str, dict[str, Any]] = {}
         #: per fitted stage, the digests of its signed artifacts (what workers may load)
         self.digests: dict[str, dict[str, str]] = {}
@@ -283,7 +305,7 @@ class Plan:
             num_gpus=res.num_gpus or None,
             memory=res.memory,
         )
-        if not stage.stateful and not res.num_gpus:
+        if not in_actors(stage, res, self.cluster_nodes):
             # cheap to set up: plain Ray tasks (fused with their neighbours), scheduled freely
             ds = _map_batches(
                 ds,
@@ -298,7 +320,7 @@ class Plan:
                 ds,
                 StageActor,
                 fn_constructor_kwargs={"ref": ref, "stats": self.stats, "num_buckets": self.partitions},
-                compute=_actor_pool(res),
+                compute=_actor_pool(stage, res),
                 max_restarts=ray_cfg.max_actor_restarts,
                 max_task_retries=ray_cfg.max_task_retries,
                 **common,

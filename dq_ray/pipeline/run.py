@@ -237,6 +237,9 @@ def _run_prepared(
             reserve = cfg.ray.reserve_operator_resources
             ctx.op_resource_reservation_enabled = ray_info["cpus"] >= 8 if reserve is None else reserve
             ctx.max_consecutive_actor_init_deaths = cfg.ray.max_actor_restarts
+            # Ray Data's "uses N MiB per worker, consider setting memory=" advice names its own call, which a
+            # CLI user cannot reach (a stage's `resources.memory` is the way); its other detectors stay on
+            ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
             manifest["ray"] = ray_info
             stats = stats_actor_class().remote()
             plan = Plan(
@@ -248,6 +251,7 @@ def _run_prepared(
                 faults=faults,
                 cluster_cpus=ray_info["cpus"],
                 stages=stages,
+                cluster_nodes=ray_info["nodes"],
             )
             for st, res in zip(stages, plan.resources):
                 manifest["stage_info"][st.name]["resources"] = asdict(res)
@@ -255,6 +259,8 @@ def _run_prepared(
             asked = {
                 st.name: asdict(st.resources_for(sc.resources, ray_info["gpus"])) for st, sc in zip(stages, cfg.stages)
             }
+            for name, res in asked.items():
+                manifest["stage_info"][name]["requested"] = res
             t0 = time.time()
             try:
                 with progress_of(plan, stats, files, *progress):

@@ -283,7 +283,7 @@ def group_stage(rows: pa.Table, ref: StageRef, stats: Any) -> pa.Table:
 
 
 class StageActor:
-    """Holds a stateful stage (a model, an index) in a Ray actor for the whole run."""
+    """Holds a stateful or ``cpu_pool`` stage (a model, an index, a tokenizer) in a Ray actor for the whole run."""
 
     def __init__(self, ref: StageRef, stats: Any, num_buckets: int) -> None:
         self.ref, self.stats, self.num_buckets = ref, stats, num_buckets

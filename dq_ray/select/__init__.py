@@ -5,22 +5,35 @@
   :func:`evaluate`, which applies a policy to an in-memory table and writes nothing (the dashboard's what-if);
 * :mod:`dq_ray.select.apply`: :func:`select_run` / :func:`run_selection` apply a policy to a finished run
   directory and write ``selected/``, ``selection.json`` and the report;
+* :mod:`dq_ray.select.export`: :func:`~dq_ray.select.export.export_run` writes a run's signals (text and map
+  coordinates included, filtered or limited to a selection) as Parquet or JSONL with a dataset card
+  (``dq-ray export``); import it from its module;
 * :mod:`dq_ray.select.report`: the curation report (``report.md`` and a self-contained ``report.html``).
 
 Everything listed in ``__all__`` can be imported from ``dq_ray.select`` directly.
 """
 
 from dq_ray.select.apply import (
+    OUTPUT_FORMATS,
     REPORT_COLUMNS,
     SELECTED_DIR,
+    SOURCE_PATHS,
+    OutputOptions,
     SelectionResult,
+    count_rows,
+    docs_schema,
     format_selection,
+    gather_dataset,
+    input_config,
     read_back_inputs,
     read_signals,
     removed_examples,
     run_selection,
     select_run,
+    shown_source_file,
     signal_columns,
+    source_file_map,
+    write_dataset,
     write_selected,
 )
 from dq_ray.select.policy import (
@@ -45,12 +58,15 @@ from dq_ray.select.policy import (
 __all__ = [
     "FILTER_OPS",
     "KEY_COLUMNS",
+    "OUTPUT_FORMATS",
     "REPORT_COLUMNS",
     "RULE_KINDS",
     "SELECTED_DIR",
+    "SOURCE_PATHS",
     "DensitySampleRule",
     "Evaluation",
     "FilterRule",
+    "OutputOptions",
     "Policy",
     "Rule",
     "SelectionResult",
@@ -58,9 +74,13 @@ __all__ = [
     "TopFractionRule",
     "TopicQuotaRule",
     "check_columns",
+    "count_rows",
     "doc_hashes",
+    "docs_schema",
     "evaluate",
     "format_selection",
+    "gather_dataset",
+    "input_config",
     "load_policy",
     "parse_policy",
     "read_back_inputs",
@@ -68,6 +88,9 @@ __all__ = [
     "removed_examples",
     "run_selection",
     "select_run",
+    "shown_source_file",
     "signal_columns",
+    "source_file_map",
+    "write_dataset",
     "write_selected",
 ]

@@ -4,6 +4,9 @@
 (:func:`dq_ray.select.policy.evaluate`), joins the kept documents back to their input records in Ray tasks (one per
 input file, text included) and writes them to ``selected/`` with the report (:mod:`dq_ray.select.report`).
 :func:`run_selection` does the same inside a Ray session; :func:`format_selection` is the table the CLI prints.
+:class:`OutputOptions` says how ``selected/`` is written for a trainer: Parquet or JSONL (``text`` and ``id``), shuffled
+(a seeded global order), with ``source_file`` absolute, relative to its input root or redacted, in files of a
+target number of rows.
 
 Nothing of :mod:`dq_ray.io`, :mod:`dq_ray.config` or :mod:`dq_ray.pipeline` is imported at module level (they lead
 to the job config, which imports :mod:`dq_ray.select.policy`): importing :mod:`dq_ray.select` stays light.
@@ -21,6 +24,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from dq_ray.errors import ConfigError
 from dq_ray.io.redact import redact_url
@@ -52,6 +56,45 @@ REPORT_COLUMNS = (
     "pii_spans",  # offsets only: redacts the report's text snippets, counts personal data by kind
 )
 SELECTED_DIR = "selected"
+OUTPUT_FORMATS = ("parquet", "jsonl")
+SOURCE_PATHS = ("absolute", "relative", "redacted")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How ``selected/`` is written (``dq-ray select --format --shuffle --source-paths --rows-per-file``).
+
+    Attributes:
+        format: ``parquet`` (input fields, text included, and signals) or ``jsonl`` (one JSON object per line with
+            ``text`` and ``id``: what a trainer reads).
+        shuffle: write the rows in one seeded random order across the whole selection (the policy's seed, or
+            ``--seed``), not in input order; the same seed gives the same order.
+        source_paths: ``source_file`` as stored in the run (``absolute``), relative to the input root it was found
+            under (``relative``, the default) or ``redacted`` (a 16-hex-digit hash of the stored path: rows of
+            one file still share it, the path is not shown).
+        rows_per_file: files of exactly this many rows (the last one: the rest), streamed through the driver
+            (None: Ray's write tasks write one file per input file's share of the selection).
+    """
+
+    format: str = "parquet"
+    shuffle: bool = False
+    source_paths: str = "relative"
+    rows_per_file: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(f"format {self.format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if self.source_paths not in SOURCE_PATHS:
+            raise ConfigError(f"source_paths {self.source_paths!r} is not one of {', '.join(SOURCE_PATHS)}")
+        if self.rows_per_file is not None and self.rows_per_file < 1:
+            raise ConfigError(f"rows_per_file must be >= 1, got {self.rows_per_file}")
+
+    @property
+    def suffix(self) -> str:
+        return ".parquet" if self.format == "parquet" else ".jsonl"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -89,14 +132,21 @@ def read_signals(run_path: str, columns: Sequence[str]) -> pa.Table:
 
 
 def select_run(
-    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, examples_per_rule: int = 3
+    run_path: str,
+    policy: Policy,
+    output: str | None = None,
+    seed: int | None = None,
+    examples_per_rule: int = 3,
+    options: OutputOptions | None = None,
 ) -> SelectionResult:
     """Apply ``policy`` to a finished run: write ``selected/``, ``report.md``, ``report.html`` and selection.json.
 
     Nothing is recomputed: the rules read the signals in ``RUN/docs/`` (only the columns they need), the kept
     documents are joined back to their input records (re-read in Ray tasks, one per input file) so
     ``selected/`` holds the input fields, text included, next to every signal. ``output`` defaults to the
-    run directory itself (then the manifest gains a ``selection`` section). Needs a running Ray.
+    run directory itself (then the manifest gains a ``selection`` section). ``options``: the output format,
+    order, ``source_file`` form and file size (:class:`OutputOptions`; default: Parquet, input order, relative
+    paths). Needs a running Ray.
     """
     from dq_ray.io import RunDir
     from dq_ray.io.guard import take_selection_output
@@ -106,8 +156,8 @@ def select_run(
         policy = dataclasses.replace(policy, seed=seed)
     run = RunDir(run_path)
     manifest = run.read_json("manifest.json")
-    input_cfg = _input_config(manifest)
-    schema = _docs_schema(run)
+    input_cfg = input_config(manifest)
+    schema = docs_schema(run)
     check_columns(policy, schema.names, where="policy")
     missing = [c for c in policy.exclude_columns if c not in schema.names]
     if missing:
@@ -119,12 +169,28 @@ def select_run(
     out = RunDir(output) if output else run
     lock = take_selection_output(out.fs, out.root, into_run=out.root == run.root)
     try:
-        return _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0)
+        opts = options or OutputOptions()
+        return _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0, opts)
     finally:
         lock.release()
 
 
-def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0):
+def topic_names(run: Any) -> dict[str, str]:
+    """``{topic_id: topic_label}`` of the fine topics of ``run`` (a ``RunDir``; from ``artifacts/topics.parquet``)."""
+    import pyarrow.parquet as pq
+
+    path = run.sub("artifacts/topics.parquet")
+    if not run.fs.exists(path):
+        return {}
+    with run.fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    if "topic_label" not in table.column_names:
+        return {}
+    rows = table.select(["level", "topic_id", "topic_label"]).to_pylist()
+    return {str(r["topic_id"]): r["topic_label"] for r in rows if r["level"] == "fine" and r["topic_label"]}
+
+
+def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0, options):
     """The writing half of :func:`select_run`, with ``out`` locked."""
     from dq_ray.io.guard import remove_entries
 
@@ -132,7 +198,7 @@ def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev,
     remove_entries(out.fs, out.root, [SELECTED_DIR])
     out.fs.makedirs(out.root, exist_ok=True)
     kept_keys = signals.filter(pa.array(ev.kept)).select([*KEY_COLUMNS, "__filename"])
-    written = write_selected(run, input_cfg, schema, policy, kept_keys, selected_path)
+    written = write_selected(run, input_cfg, schema, policy, kept_keys, selected_path, options)
     if written != int(ev.kept.sum()):
         raise ConfigError(
             f"selected {int(ev.kept.sum())} documents but found {written} of them in the inputs: "
@@ -148,7 +214,11 @@ def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev,
         selected_path=selected_path,
         examples=examples,
         rejected=run.read_table("rejected", columns=["reason"]),
+        # JSONL holds text and id only: the "after" numbers come from the signals of the rows written
+        after=signals.filter(pa.array(ev.kept)) if options.format == "jsonl" else None,
+        topic_names=topic_names(run),
     )
+    summary["output"] = options.to_dict()
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
     out.write_json("selection.json", summary)
     if out.root == run.root:
@@ -158,13 +228,15 @@ def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev,
     return SelectionResult(out.path, ev, summary)
 
 
-def _input_config(manifest: dict[str, Any]):
+def input_config(manifest: dict[str, Any]):
+    """The run's input config (an :class:`~dq_ray.config.InputConfig`), from its manifest."""
     from dq_ray.config import InputConfig
 
     return build_dataclass(InputConfig, manifest["config"]["input"], "manifest.config.input")
 
 
-def _docs_schema(run) -> pa.Schema:
+def docs_schema(run) -> pa.Schema:
+    """The Arrow schema of ``RUN/docs/`` (``run``: a :class:`~dq_ray.io.RunDir`)."""
     import pyarrow.parquet as pq
 
     files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
@@ -233,13 +305,17 @@ def _gather(
     filesystem: Any,
     redact_pii: bool = False,
     drop: tuple[str, ...] = (),
+    order_seed: int | None = None,
+    source_paths: str = "absolute",
 ) -> Any:
     """Ray task, one per input file: its kept records (re-read, text included) joined with their signals.
 
     Each row of ``batch`` names an input file, the ``source_index`` values kept from it and the ``docs/`` files
     that hold their signals; only those files are read, only the kept rows are joined (by ``source_index``).
     With ``redact_pii`` the text's personal-data spans are replaced by placeholders (:func:`redact_pii_text`);
-    ``drop``: signal columns read only for that (excluded from the output by the policy).
+    ``drop``: signal columns read only for that (excluded from the output by the policy). ``order_seed``: add
+    ``__order``, a seeded hash of the document key (a global shuffle sorts on it); ``source_paths``: the form of
+    ``source_file`` written (:func:`shown_source_file`).
     """
     import pyarrow.dataset as pads
 
@@ -267,7 +343,36 @@ def _gather(
                 if name not in table.column_names:
                     table = table.append_column(matched.schema.field(name), matched.column(name))
             table = redact_pii_text(table) if redact_pii else table
-            yield table.drop_columns(list(drop)) if drop else table
+            table = table.drop_columns(list(drop)) if drop else table
+            if order_seed is not None:  # of the stored key, before source_file is rewritten
+                table = table.append_column("__order", pa.array(doc_hashes(table, order_seed)))
+            if source_paths != "absolute":
+                shown = pa.array([shown_source_file(stored, shard.name, source_paths)] * table.num_rows, pa.string())
+                table = table.set_column(table.schema.get_field_index("source_file"), "source_file", shown)
+            yield table
+
+
+def shuffle_seed(seed: int) -> int:
+    """The hash seed of ``--shuffle``'s order: the policy's seed salted apart from every rule's own draws (rule
+    ``i`` hashes with ``seed * 1_000_003 + i``), so the order is independent of what a random rule kept."""
+    return (seed * 1_000_003 - 1) % 2**64
+
+
+def shown_source_file(stored: str, name: str, mode: str) -> str:
+    """``source_file`` as written under ``mode`` (:data:`SOURCE_PATHS`): the stored path (``absolute``), the file's
+    path under its input root (``name``, ``relative``) or a hash of the stored path (``redacted``)."""
+    if mode == "absolute":
+        return stored
+    if mode == "relative":
+        return name
+    return xxhash.xxh3_64_hexdigest(stored.encode())
+
+
+def source_file_map(input_cfg: Any, stored: Sequence[str], mode: str) -> dict[str, str]:
+    """Stored ``source_file`` -> its written form under ``mode`` (``relative`` finds the input files)."""
+    if mode != "relative":
+        return {f: shown_source_file(f, f, mode) for f in stored}
+    return {redact_url(f.path): f.name for f in _input_files(input_cfg, set(stored))}
 
 
 def redact_pii_text(table: pa.Table) -> pa.Table:
@@ -282,16 +387,18 @@ def redact_pii_text(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("pii_spans"), "pii_spans", pa.array(spans, SPAN_TYPE))
 
 
-def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.Table, path: str) -> int:
-    """Write the kept documents, input fields (text included) + signals, as Parquet (Ray tasks); return the rows.
+def write_selected(
+    run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.Table, path: str, options: OutputOptions | None = None
+) -> int:
+    """Write the kept documents, input fields (text included) + signals, as Parquet (or text and id as JSONL) from
+    Ray tasks; return the rows.
 
-    ``keys`` holds ``source_file``, ``source_index`` and ``__filename`` (the ``docs/`` file of the row).
+    ``keys`` holds ``source_file``, ``source_index`` and ``__filename`` (the ``docs/`` file of the row);
+    ``options``: format, order, ``source_file`` form and file size (:class:`OutputOptions`).
     """
-    import ray.data
-
     from dq_ray.config import READER_COLUMNS
-    from dq_ray.io.rundir import parquet_rows
 
+    options = options or OutputOptions()
     if keys.num_rows == 0:
         return 0
     reader_cols = set(READER_COLUMNS) | set(input_cfg.keep_fields)
@@ -305,6 +412,39 @@ def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.T
         if "pii_spans" not in sig_cols:  # excluded from the output, but the redaction needs it
             sig_cols.append("pii_spans")
             drop = ("pii_spans",)
+    ds = gather_dataset(
+        run,
+        input_cfg,
+        keys,
+        sig_cols,
+        redact_pii=policy.redact_pii,
+        drop=drop,
+        order_seed=shuffle_seed(policy.seed) if options.shuffle else None,
+        source_paths=options.source_paths,
+    )
+    if options.format == "jsonl":
+        ds = ds.select_columns(["id", "text", *(["__order"] if options.shuffle else [])])  # reader columns
+    return write_dataset(ds, path, options)
+
+
+def gather_dataset(
+    run,
+    input_cfg,
+    keys: pa.Table,
+    sig_cols: Sequence[str],
+    *,
+    redact_pii: bool = False,
+    drop: tuple[str, ...] = (),
+    order_seed: int | None = None,
+    source_paths: str = "absolute",
+) -> Any:
+    """A Ray dataset of the documents ``keys`` names: input records (re-read, text included) joined with the
+    ``sig_cols`` of their ``docs/`` rows, one Ray task per input file (arguments as in :func:`_gather`).
+
+    ``keys`` holds ``source_file``, ``source_index`` and ``__filename`` (the ``docs/`` file of the row).
+    """
+    import ray.data
+
     groups: dict[str, dict[str, Any]] = {}
     for f, i, d in zip(*(keys.column(c).to_pylist() for c in (*KEY_COLUMNS, "__filename"))):
         g = groups.setdefault(f, {"indices": [], "docs_files": set()})
@@ -315,21 +455,95 @@ def write_selected(run, input_cfg, schema: pa.Schema, policy: Policy, keys: pa.T
         {"shard": dataclasses.asdict(files[f]), "indices": sorted(g["indices"]), "docs_files": sorted(g["docs_files"])}
         for f, g in sorted(groups.items())
     ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _gather,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={
             "input_cfg": input_cfg,
-            "sig_cols": sig_cols,
+            "sig_cols": list(sig_cols),
             "filesystem": run.fs,
-            "redact_pii": policy.redact_pii,
+            "redact_pii": redact_pii,
             "drop": drop,
+            "order_seed": order_seed,
+            "source_paths": source_paths,
         },
     )
-    ds.write_parquet(path)
+
+
+def write_dataset(ds: Any, path: str, options: OutputOptions) -> int:
+    """Write a Ray dataset as ``part-*.parquet`` / ``part-*.jsonl`` files under ``path``; return the rows written.
+
+    With ``options.shuffle`` the ``__order`` column (from :func:`gather_dataset`'s ``order_seed``) is sorted on
+    across the whole dataset (a distributed sort) and dropped; the files are named in that order, so reading them
+    by name reads the shuffled order. With ``options.rows_per_file`` the rows stream through the driver into
+    files of exactly that many rows (the last one: the rest), named ``part-000000``, ``part-000001``...;
+    otherwise Ray's write tasks write one file each (``part-<task>-<write id>``).
+    """
+    import ray.data
+
+    if options.shuffle:
+        ds = ds.sort("__order").drop_columns(["__order"])
     fs, root = fsspec.core.url_to_fs(path)
-    return parquet_rows(fs, fs.glob(f"{root}/**/*.parquet"))
+    ctx = ray.data.DataContext.get_current()
+    preserve = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # blocks keep their (sorted) order into the files
+    try:
+        if options.rows_per_file is not None:
+            fs.makedirs(root, exist_ok=True)
+            rows = 0
+            batches = ds.iter_batches(batch_size=options.rows_per_file, batch_format="pyarrow")
+            for k, batch in enumerate(batches):
+                write_file(fs, f"{root}/part-{k:06d}{options.suffix}", batch, options.format)
+                rows += batch.num_rows
+            return rows
+        names = _part_names(options.suffix)
+        if options.format == "parquet":
+            ds.write_parquet(path, filename_provider=names)
+        else:
+            ds.write_json(path, filename_provider=names, force_ascii=False)
+    finally:
+        ctx.execution_options.preserve_order = preserve
+    return count_rows(path, options.format)
+
+
+def write_file(fs: Any, path: str, table: pa.Table, fmt: str) -> None:
+    """One ``table`` as a Parquet file or a JSON Lines file (one object per row, UTF-8)."""
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        with fs.open(path, "wb") as fh:
+            pq.write_table(table, fh)
+    else:
+        with fs.open(path, "w", encoding="utf-8") as fh:
+            if table.num_rows:
+                fh.write(table.to_pandas().to_json(orient="records", lines=True, force_ascii=False))
+
+
+def _part_names(suffix: str) -> Any:
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        """``part-<task>-<write id><suffix>``: named in the order of the write tasks."""
+
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:06d}-{write_uuid}{suffix}"
+
+    return PartNames()
+
+
+def count_rows(path: str, fmt: str = "parquet") -> int:
+    """Rows of the ``*.parquet`` (footers) or ``*.jsonl`` (lines) files under ``path``."""
+    from dq_ray.io.rundir import parquet_rows
+
+    fs, root = fsspec.core.url_to_fs(path)
+    if fmt == "parquet":
+        return parquet_rows(fs, fs.glob(f"{root}/**/*.parquet"))
+    total = 0
+    for f in fs.glob(f"{root}/**/*.jsonl"):
+        with fs.open(f, "rb") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
 
 
 def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule: int) -> dict[int, list[dict]]:
@@ -367,14 +581,19 @@ def removed_examples(run, input_cfg, signals: pa.Table, ev: Evaluation, per_rule
 
 
 def run_selection(
-    run_path: str, policy: Policy, output: str | None = None, seed: int | None = None, ray_cfg: Any = None
+    run_path: str,
+    policy: Policy,
+    output: str | None = None,
+    seed: int | None = None,
+    ray_cfg: Any = None,
+    options: OutputOptions | None = None,
 ) -> SelectionResult:
     """:func:`select_run` inside a Ray session (the configured cluster, ``$RAY_ADDRESS``, or embedded Ray)."""
     from dq_ray.config import RayConfig
     from dq_ray.pipeline import ray_session
 
     with ray_session(ray_cfg or RayConfig()):
-        return select_run(run_path, policy, output=output, seed=seed)
+        return select_run(run_path, policy, output=output, seed=seed, options=options)
 
 
 def format_selection(summary: dict[str, Any]) -> str:

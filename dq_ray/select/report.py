@@ -276,13 +276,25 @@ def write_report(
     selected_path: str,
     examples: dict[int, list[dict]],
     rejected: pa.Table,
+    after: pa.Table | None = None,
+    topic_names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``report.md``, ``report_files/*.png`` and ``report.html`` into ``out_dir``; return the numbers."""
+    """Write ``report.md``, ``report_files/*.png`` and ``report.html`` into ``out_dir``; return the numbers.
+
+    ``topic_names``: ``{topic_id: name}`` of the run's fine topics (``topic_label``), shown beside the ids.
+
+    ``after``: the signals of the selected rows, for a ``selected/`` whose files hold no signals (JSONL: text
+    and id); by default they are read back from its Parquet."""
     from dq_ray.io.rundir import parquet_rows  # not at module level: dq_ray.io leads to the job config
 
-    sel_fs, sel_root = fsspec.core.url_to_fs(selected_path)
-    selected_rows = parquet_rows(sel_fs, sel_fs.glob(f"{sel_root}/**/*.parquet"))
-    after = _read_selected(selected_path, signals.schema)
+    if after is None:
+        sel_fs, sel_root = fsspec.core.url_to_fs(selected_path)
+        selected_rows = parquet_rows(sel_fs, sel_fs.glob(f"{sel_root}/**/*.parquet"))
+        after_spans = None
+        after = _read_selected(selected_path, signals.schema)
+    else:
+        selected_rows = after.num_rows
+        after_spans = after.column("pii_spans") if "pii_spans" in after.column_names else None
     score_cols = [c for c in dict.fromkeys([*SCORE_COLUMNS, *_rule_score_columns(policy)]) if c in signals.column_names]
     score_cols = [
         c
@@ -313,7 +325,9 @@ def write_report(
     if "lang" in signals.column_names:
         summary["languages"] = language_summary(signals, after)
     if "pii_spans" in signals.column_names:
-        summary["pii"] = pii_summary(signals, selected_path, bool(getattr(policy, "redact_pii", False)))
+        summary["pii"] = pii_summary(
+            signals, selected_path, bool(getattr(policy, "redact_pii", False)), after_spans=after_spans
+        )
     if has_topics:
         summary["topics"] = {
             "before": {str(k): round(v, 6) for k, v in shares_before.items()},
@@ -321,6 +335,7 @@ def write_report(
             "coverage_after": coverage(after.column("topic_id").drop_null().to_numpy())
             if "topic_id" in after.column_names
             else {},
+            "names": dict(topic_names or {}),
         }
     images = _plots(steps, dists, (shares_before, shares_after))
     fs, root = fsspec.core.url_to_fs(out_dir)
@@ -462,6 +477,7 @@ def _sections(s: dict[str, Any], examples: dict[int, list[dict]], steps: list[di
         before, after = s["topics"]["before"], s["topics"]["after"]
         top = sorted(before, key=lambda t: -before[t])[:MAX_TOPIC_BARS]
         cov = s["topics"]["coverage_after"]
+        names = s["topics"].get("names", {})
         sections.append(
             (
                 "Topic shares before / after",
@@ -473,8 +489,8 @@ def _sections(s: dict[str, Any], examples: dict[int, list[dict]], steps: list[di
                     ),
                     (
                         "table",
-                        ["topic_id", "share before", "share after"],
-                        [[t, _pct(before[t]), _pct(after.get(t, 0.0))] for t in top],
+                        ["topic_id", "name", "share before", "share after"],
+                        [[t, names.get(t, ""), _pct(before[t]), _pct(after.get(t, 0.0))] for t in top],
                     ),
                     ("img", "topics.png"),
                 ],
@@ -499,9 +515,16 @@ def _md_cell(v: Any) -> str:
 
 
 def _markdown(sections: list, images: dict[str, bytes]) -> str:
-    lines = ["# dq-ray curation report", ""]
-    for title, blocks in sections:
-        lines += [f"## {title}", ""]
+    return render_markdown(sections, images)
+
+
+def render_markdown(
+    sections: list, images: dict[str, bytes], title: str = "dq-ray curation report", files_dir: str = "report_files"
+) -> str:
+    """The Markdown report: ``sections`` as headings, paragraphs and tables, plots as ``files_dir/<name>`` links."""
+    lines = [f"# {title}", ""]
+    for heading, blocks in sections:
+        lines += [f"## {heading}", ""]
         for b in blocks:
             if b[0] == "p":
                 lines += [b[1], ""]
@@ -511,7 +534,7 @@ def _markdown(sections: list, images: dict[str, bytes]) -> str:
                 lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in b[2]]
                 lines.append("")
             elif b[0] == "img" and b[1] in images:
-                lines += [f"![{b[1]}](report_files/{b[1]})", ""]
+                lines += [f"![{b[1]}]({files_dir}/{b[1]})", ""]
     return "\n".join(lines)
 
 
@@ -528,7 +551,7 @@ def _templates() -> jinja2.Environment:
     )
 
 
-def render_html(sections: list, images: dict[str, bytes]) -> str:
+def render_html(sections: list, images: dict[str, bytes], title: str = "dq-ray curation report") -> str:
     """The self-contained HTML report: ``sections`` as headings, paragraphs and tables, plots as PNG data URIs."""
     encoded = {name: base64.b64encode(data).decode() for name, data in images.items()}
-    return _templates().get_template("report.html").render(sections=sections, images=encoded)
+    return _templates().get_template("report.html").render(sections=sections, images=encoded, title=title)

@@ -79,9 +79,12 @@ def _kind_counts(spans: pa.ChunkedArray) -> dict[str, int]:
     return {c["values"]: int(c["counts"]) for c in pc.value_counts(kinds.field("kind")).to_pylist()}
 
 
-def pii_summary(signals: pa.Table, selected_path: str, redacted: bool) -> dict[str, Any]:
+def pii_summary(
+    signals: pa.Table, selected_path: str, redacted: bool, after_spans: pa.ChunkedArray | None = None
+) -> dict[str, Any]:
     """Personal data before (``docs/``) and after (``selected/``, read back): documents and spans per kind; with
-    ``redacted``, the spans of each kind replaced by placeholders in ``selected/``."""
+    ``redacted``, the spans of each kind replaced by placeholders in ``selected/``. ``after_spans``: the selected
+    rows' ``pii_spans`` when ``selected/`` holds no signals (JSONL)."""
     import pyarrow.dataset as pads
 
     count = signals.column("pii_count") if "pii_count" in signals.column_names else None
@@ -99,16 +102,18 @@ def pii_summary(signals: pa.Table, selected_path: str, redacted: bool) -> dict[s
         "errors": reasons("error"),
     }
     fs, root = fsspec.core.url_to_fs(selected_path)
-    files = sorted(fs.glob(f"{root}/**/*.parquet"))
+    files = [] if after_spans is not None else sorted(fs.glob(f"{root}/**/*.parquet"))
     after: dict[str, Any] = {"documents_with_pii": 0, "spans": {}}
+    spans = after_spans
     if files:
         ds = pads.dataset(files, filesystem=fs, format="parquet")
         if "pii_spans" in ds.schema.names:
             spans = ds.to_table(columns=["pii_spans"]).column("pii_spans")
-            after = {
-                "documents_with_pii": int(pc.sum(pc.greater(pc.list_value_length(spans), 0)).as_py() or 0),
-                "spans": _kind_counts(spans),
-            }
+    if spans is not None:
+        after = {
+            "documents_with_pii": int(pc.sum(pc.greater(pc.list_value_length(spans), 0)).as_py() or 0),
+            "spans": _kind_counts(spans),
+        }
     return {"before": before, "after": after, "redacted": after["spans"] if redacted else {}, "redact_pii": redacted}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dq_ray.stage import FitData
+from dq_ray.stage import CPU_POOL_MAX, FitData
 from dq_ray.vectors import embedding_matrix
 
 #: Most rows a k-means sample holds by default (1.5 GB at dimension 384).
@@ -45,6 +45,25 @@ def embedding_sample(data: FitData, rows: int, seed: int) -> np.ndarray:
 def kmeans_sample_rows(k: int, sample_rows: int | None) -> int:
     """Rows to fit a ``k``-means on: ``sample_rows`` when set, else 256 per centroid, at most 1,000,000."""
     return sample_rows or min(POINTS_PER_CENTROID * k, MAX_KMEANS_SAMPLE)
+
+
+# -- a fit's map over every document ----------------------------------------------------------------------
+
+
+def cpu_pool_args(max_actors: int = CPU_POOL_MAX) -> dict[str, Any]:
+    """``map_batches`` arguments for a fit's CPU-bound map with a costly per-process set-up (a tokenizer): one
+    actor per cluster CPU (at most ``max_actors``), each set up once, their CPU requests leaving one CPU for the
+    tasks that read the fit's input. Ray tasks would start fresh worker processes as Ray replaces idle ones, and
+    each would pay the set-up again. Empty on a cluster of several nodes: the map runs as Ray tasks there."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    n = max(1, min(max_actors, int(cpus)))
+    pool = ActorPoolStrategy(min_size=1, max_size=n, initial_size=n)  # all start; a tiny fit may use one
+    if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+        return {}  # Ray tasks, as on a cluster a `cpu_pool` stage runs (see dq_ray.stage.Stage)
+    return {"compute": pool, "num_cpus": round(max(0.1, (cpus - 1) / n), 3)}
 
 
 # -- artifacts on local disk or any fsspec URL ------------------------------------------------------------

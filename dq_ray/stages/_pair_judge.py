@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dq_ray.errors import ConfigError
-from dq_ray.stages.askllm import FIT_MARGIN, AskLLMJudge, JudgeParams, judge_info
+from dq_ray.stages._writer import GreedyWriter
+from dq_ray.stages.askllm import AskLLMJudge, JudgeParams, judge_info
 from dq_ray.typed import build_dataclass
 
 
@@ -79,32 +80,10 @@ def score_aspects(judges: Mapping[str, AskLLMJudge], records: Sequence[Mapping[s
 # -- rationales ---------------------------------------------------------------------------------------------
 
 
-class RationaleWriter:
-    """A short greedy text per answer, from ``template`` (``{prompt}`` and ``{response}``) on ``engine``.
-
-    The fields are cut so that the prompt and ``max_tokens`` new tokens fit the model's context (the judge's
-    ``token_budget``, lowered when needed); the prompt is wrapped in the chat template as the judge's is.
-    """
+class RationaleWriter(GreedyWriter):
+    """A short greedy text per answer, from ``template`` (``{prompt}`` and ``{response}``) on ``engine``: a
+    :class:`~dq_ray.stages._writer.GreedyWriter` with the pair judge's settings. ``write`` takes records
+    ``{"prompt": ..., "response": ...}``."""
 
     def __init__(self, params: Mapping[str, Any], template: str, max_tokens: int, engine: Any) -> None:
-        self.judge = AskLLMJudge(judge_params(params, template), engine=engine)
-        self.engine, self.max_tokens = self.judge.engine, max_tokens
-        if not callable(getattr(self.engine, "generate", None)):
-            raise ValueError(f"the {self.engine.name} engine cannot generate text (pairs.rationale)")
-        empty = template.format(**{f: "" for f in self.judge.fields})
-        overhead = len(self.judge.encode([empty])[0][0])
-        room = (self.engine.max_length - max_tokens - overhead) // len(self.judge.fields) - FIT_MARGIN
-        if room < 1:
-            raise ValueError(
-                f"pairs.rationale: the template ({overhead} tokens) and {max_tokens} new tokens leave no room "
-                f"in the model's context ({self.engine.max_length})"
-            )
-        self.judge.token_budget = min(self.judge.token_budget, room)
-
-    def write(self, records: Sequence[Mapping[str, str]]) -> list[str]:
-        """One rationale per record (``{"prompt": ..., "response": ...}``), in order."""
-        if not records:
-            return []
-        prompts, _ = self.judge.fill(records)
-        ids, _ = self.judge.encode(prompts)
-        return list(self.engine.generate(ids, self.max_tokens))
+        super().__init__(AskLLMJudge(judge_params(params, template), engine=engine), max_tokens, "pairs.rationale")

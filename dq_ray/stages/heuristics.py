@@ -166,6 +166,9 @@ class Heuristics(Stage):
     outputs = _outputs()
     Params = HeuristicsParams
     default_resources = Resources(num_cpus=1, batch_size=128)
+    # spaCy's tokenizer takes seconds to load and its vocabulary warms over the first documents: one actor per
+    # CPU keeps both for the whole run (benchmarks/README.md, "heuristics_vs_datatrove.py")
+    cpu_pool = True
 
     def setup(self) -> None:
         from dq_ray.stages import _heuristic_stats as hs

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from dq_ray.artifacts import read_trusted, trusted_digests
 from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
-from dq_ray.stages._fit import write_parquet
+from dq_ray.stages._fit import cpu_pool_args, write_parquet
 from dq_ray.stages._groups import component_roots, component_sizes
 from dq_ray.stages._keys import doc_key_hex
 
@@ -152,7 +152,13 @@ class MinHasher:
             norm_config=TextNormConfig(**params.text_norm),
             hash_config=HashConfig(precision=params.hash_precision, hash_fc=params.hash_fc),
         )
-        tokenizer = split_tokenizer() if params.word_tokenizer == "whitespace" else params.language
+        from dq_ray.stages import _heuristic_stats as hs
+
+        #: the language whose datatrove word tokenizer splits the words (None: whitespace)
+        self.language = None if params.word_tokenizer == "whitespace" else params.language
+        if self.language:
+            hs.load_tokenizer(self.language)  # spaCy without torch, in the set-up (as the heuristics stage does)
+        tokenizer = self.language or split_tokenizer()
         # an in-memory output folder: the step is never run, nothing is written
         self.step = MinhashDedupSignature("memory://dq-ray-minhash", config=config, language=tokenizer)
         self.hash = create_hash_func(config.hash_config, bytes)
@@ -161,7 +167,12 @@ class MinHasher:
         """The words of ``text`` after datatrove's ``simplify_text``, by the step's word tokenizer."""
         from datatrove.utils.text import simplify_text
 
-        return self.step.word_tokenizer.word_tokenize(simplify_text(text, self.step.config.norm_config))
+        from dq_ray.stages._heuristic_stats import warm
+
+        text = simplify_text(text, self.step.config.norm_config)
+        if self.language:
+            warm(text, self.language)  # the process's first texts stay in spaCy's vocabulary: same words, faster
+        return self.step.word_tokenizer.word_tokenize(text)
 
     def shingles(self, text: str) -> np.ndarray:
         """Hashes of the word n-grams of ``text`` (uint64; empty when it has fewer than ``n_grams`` words)."""
@@ -250,6 +261,18 @@ def _band_rows(batch: pa.Table, params: MinHashParams, files: list[str], partiti
     )
 
 
+class BandRows:
+    """:func:`_band_rows` in a Ray actor of the fit (see :func:`dq_ray.stages._fit.cpu_pool_args`): the hasher
+    and its tokenizer are built once per actor."""
+
+    def __init__(self, params: MinHashParams, files: list[str], partitions: int) -> None:
+        self.params, self.files, self.partitions = params, files, partitions
+        _hasher(params)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _band_rows(batch, self.params, self.files, self.partitions)
+
+
 def _bucket_edges(rows: pa.Table) -> pa.Table:
     """Ray Data UDF of the fit: for every band key in a shuffle partition, link each member to the smallest one."""
     k1, k2, doc = (rows.column(c).to_numpy() for c in ("k1", "k2", "doc"))
@@ -332,11 +355,13 @@ class MinHashDedup(Stage):
         band_rows = num_rows * p.num_buckets
         in_memory = p.shuffle_partitions is None and band_rows <= _BAND_ROWS_IN_MEMORY
         partitions = 1 if in_memory else p.shuffle_partitions or max(1, math.ceil(band_rows / _BAND_ROWS_PER_PARTITION))
+        args = {"params": p, "files": files, "partitions": partitions}
+        pool = cpu_pool_args()
         bands = ds.map_batches(
-            _band_rows,
+            BandRows if pool else _band_rows,
             batch_format="pyarrow",
             batch_size=self.default_resources.batch_size,
-            fn_kwargs={"params": p, "files": files, "partitions": partitions},
+            **({"fn_constructor_kwargs": args, **pool} if pool else {"fn_kwargs": args}),
         )
         if in_memory:
             # a few million band rows: link them here rather than shuffle them across the cluster

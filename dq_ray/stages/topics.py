@@ -24,8 +24,9 @@ fine topic), ``coarse_centroids.npy``, ``vocabulary.json``, and the topic table 
 **Apply**: every document gets its nearest fine centroid (``topic_id``) and that topic's parent
 (``topic_coarse_id``), the same assignment the fit counted, so the table's sizes equal the counts in ``docs/``.
 
-A short human label per topic (``topic_label``) is left null: :func:`label_topics` is the hook for the Ask-LLM
-backend's model (prompted with a topic's keywords and representative snippets) once that backend exists.
+Keywords are counted on text without URLs, markup and numbers, and every topic gets a short name
+(``topic_label``): its first keywords, or a name the Ask-LLM stages' instruction model writes from its keywords
+and representative snippets (``labels: llm``); see :mod:`dq_ray.stages._topic_labels`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import dataclasses
 import logging
 import math
 import posixpath
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ import pyarrow.compute as pc
 
 from dq_ray.artifacts import load_npy_trusted, trusted_digests
 from dq_ray.stage import FitData, Resources, Stage, append_columns, register
+from dq_ray.stages import _topic_labels as names
 from dq_ray.stages._fit import embedding_sample, kmeans_sample_rows, rows_to_fit, save_npy, write_json, write_parquet
 from dq_ray.vectors import embedding_matrix, nearest_centroid
 
@@ -97,12 +99,19 @@ class TopicsParams:
         vocab_rows: texts the keyword vocabulary is fitted on (seeded sample).
         max_vocab: most terms in the vocabulary (the most frequent in the sample).
         min_df: a term must occur in at least this many sampled texts.
-        stop_words: ``english`` (scikit-learn's list) or null to keep every word.
+        stop_words: ``english`` (scikit-learn's list) or null to keep every word; web leftovers (``http``,
+            ``com``, ``nbsp``...) are always stop words.
+        min_word_chars: the shortest keyword (letters only: numbers, URLs and markup never count).
         n_keywords: keywords kept per topic.
         n_representatives: representative documents (nearest the centroid) kept per topic.
         snippet_chars: characters of text kept per representative document.
         niter: k-means iterations.
         seed: seed of the samples and of the k-means initialisations.
+        labels: how topics are named (``topic_label``): ``keywords`` (the first three), ``llm`` (the Ask-LLM
+            model writes a short name from the keywords and snippets) or ``none``.
+        label_params: the naming model's settings with ``labels: llm`` (any ``askllm`` judge key: ``backend``,
+            ``model``, ``device``, ``template`` with ``{keywords}`` and ``{examples}``...).
+        label_max_tokens: the most tokens a name may take.
     """
 
     n_topics: int | None = None
@@ -117,6 +126,10 @@ class TopicsParams:
     snippet_chars: int = 200
     niter: int = 25
     seed: int = 0
+    min_word_chars: int = 3
+    labels: str = "keywords"
+    label_params: dict[str, Any] = field(default_factory=dict)
+    label_max_tokens: int = 16
 
     def __post_init__(self) -> None:
         for key in ("n_topics", "n_coarse", "sample_rows"):
@@ -130,6 +143,12 @@ class TopicsParams:
                 raise ValueError(f"{key} must be >= 1")
         if self.stop_words not in (None, "english"):
             raise ValueError("stop_words must be 'english' or null")
+        if self.min_word_chars < 1 or self.label_max_tokens < 1:
+            raise ValueError("min_word_chars and label_max_tokens must be >= 1")
+        if self.labels not in names.LABEL_MODES:
+            raise ValueError(f"labels must be one of {', '.join(names.LABEL_MODES)}")
+        if self.labels == "llm":
+            names.label_params(self.label_params)  # a clear error now, not after the k-means
 
 
 def default_topics(num_rows: int) -> int:
@@ -149,13 +168,18 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray
 
 
 def _vectorizer(vocabulary: Sequence[str] | None, params: TopicsParams):
-    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-    if vocabulary is not None:
-        return CountVectorizer(vocabulary=list(vocabulary), stop_words=params.stop_words, dtype=np.int64)
-    return CountVectorizer(
-        stop_words=params.stop_words, max_features=params.max_vocab, min_df=params.min_df, dtype=np.int64
+    stop = set(names.WEB_STOP_WORDS) | (set(ENGLISH_STOP_WORDS) if params.stop_words == "english" else set())
+    common = dict(
+        preprocessor=names.keyword_text,
+        token_pattern=names.token_pattern(params.min_word_chars),
+        stop_words=sorted(stop),
+        dtype=np.int64,
     )
+    if vocabulary is not None:
+        return CountVectorizer(vocabulary=list(vocabulary), **common)
+    return CountVectorizer(max_features=params.max_vocab, min_df=params.min_df, **common)
 
 
 def fit_vocabulary(texts: Sequence[str], params: TopicsParams) -> list[str]:
@@ -240,18 +264,14 @@ def _snippet(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: chars - 1].rstrip() + "…"
 
 
-def label_topics(table: pa.Table, labeler: Callable[[list[str], list[str]], str] | None = None) -> pa.Table:
-    """Hook for short topic labels: ``labeler(keywords, snippets) -> label`` fills ``topic_label``.
-
-    The Ask-LLM backend's instruction model is the intended labeler; until it is wired in, no labeler is given
-    and the column stays null.
-    """
-    if labeler is None:
+def label_topics(table: pa.Table, params: TopicsParams) -> pa.Table:
+    """Fill ``topic_label`` as ``params.labels`` says (see :mod:`dq_ray.stages._topic_labels`)."""
+    if params.labels == "none" or not table.num_rows:
         return table
-    labels = [
-        labeler(list(k or []), list(s or []))
-        for k, s in zip(table.column("keywords").to_pylist(), table.column("representative_snippets").to_pylist())
-    ]
+    if params.labels == "llm":
+        labels = names.llm_labels(table, names.label_params(params.label_params), params.label_max_tokens)
+    else:
+        labels = [names.keyword_label(k) for k in table.column("keywords").to_pylist()]
     idx = table.schema.get_field_index("topic_label")
     return table.set_column(idx, "topic_label", pa.array(labels, pa.string()))
 
@@ -296,7 +316,7 @@ class Topics(Stage):
         table = build_topic_table(
             partials.iter_batches(batch_format="pyarrow", batch_size=None), centroids, coarse_of_fine, vocabulary, p
         )
-        table = label_topics(table)
+        table = label_topics(table, p)
         table_path = topic_table_path(art)
         write_parquet(table, table_path)
         fine = table.filter(pc.equal(table.column("level"), "fine"))

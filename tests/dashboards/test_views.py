@@ -162,3 +162,32 @@ def test_summary_numbers_are_formatted():
 
     assert format_count(3812.0) == "3,812" and format_count(None) == "" and format_count(float("nan")) == ""
     assert format_decimal(1.142349) == "1.1" and format_decimal(1794.9) == "1,794.9" and format_decimal(None) == ""
+
+
+def test_topics_show_names_nested_under_coarse_topics(tmp_path, grid_table):
+    """The legend names topics (``3: harbour · tides``), and the topics tab lists fine topics under their coarse
+    topic."""
+    import pyarrow as pa
+
+    run = write_synthetic_run(tmp_path / "run", grid_table)
+    art = run / "artifacts"
+    art.mkdir(exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "level": ["fine", "fine", "fine", "coarse", "coarse"],
+                "topic_id": [0, 1, 2, 0, 1],
+                "topic_coarse_id": [1, 0, 1, 0, 1],
+                "size": [5, 4, 7, 4, 12],
+                "keywords": [["a"], ["b"], ["c"], ["b"], ["a", "c"]],
+                "topic_label": ["harbour tides", "court cases", "ship news", "law", "sea"],
+            }
+        ),
+        art / "topics.parquet",
+    )
+    store = RunStore(run)
+    assert store.topic_names("topic_id") == {"0": "0: harbour tides", "1": "1: court cases", "2": "2: ship news"}
+    assert store.topic_names("topic_coarse_id")["1"] == "1: sea" and store.topic_names("source") == {}
+    df = topics_tab(store).objects[1].value
+    assert list(df["topic_label"]) == ["sea", "ship news", "harbour tides", "law", "court cases"]
+    assert list(df["level"]) == ["coarse", "  └ fine", "  └ fine", "coarse", "  └ fine"]

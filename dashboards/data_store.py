@@ -526,15 +526,13 @@ class RunStore:
         """Display names of the values of ``topic_id`` (fine topics) or ``topic_coarse_id`` (coarse ones):
         ``{"3": "3: harbour · tides"}`` from the topic table's ``topic_label``; empty for other columns or runs
         without labelled topics."""
+        from dq_ray.stages.topics import topic_labels
+
         level = {"topic_id": "fine", "topic_coarse_id": "coarse"}.get(column)
         table = self.topics() if level else None
-        if table is None or "topic_label" not in table.column_names:
+        if table is None:
             return {}
-        out = {}
-        for row in table.select(["level", "topic_id", "topic_label"]).to_pylist():
-            if row["level"] == level and row["topic_label"]:
-                out[str(row["topic_id"])] = f"{row['topic_id']}: {row['topic_label']}"
-        return out
+        return {t: f"{t}: {label}" for t, label in topic_labels(table, level).items()}
 
     def has_pairs(self) -> bool:
         """Whether the run holds preference-pair signals (``pair_*`` columns)."""

@@ -182,12 +182,10 @@ def topic_names(run: Any) -> dict[str, str]:
     path = run.sub("artifacts/topics.parquet")
     if not run.fs.exists(path):
         return {}
+    from dq_ray.stages.topics import topic_labels
+
     with run.fs.open(path, "rb") as fh:
-        table = pq.read_table(fh)
-    if "topic_label" not in table.column_names:
-        return {}
-    rows = table.select(["level", "topic_id", "topic_label"]).to_pylist()
-    return {str(r["topic_id"]): r["topic_label"] for r in rows if r["level"] == "fine" and r["topic_label"]}
+        return topic_labels(pq.read_table(fh))
 
 
 def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev, examples_per_rule, t0, options):

@@ -353,6 +353,14 @@ class Topics(Stage):
         )
 
 
+def topic_labels(table: pa.Table, level: str = "fine") -> dict[str, str]:
+    """``{str(topic_id): topic_label}`` of one level of a topic table (topics without a name left out)."""
+    if "topic_label" not in table.column_names:
+        return {}
+    rows = table.select(["level", "topic_id", "topic_label"]).to_pylist()
+    return {str(r["topic_id"]): r["topic_label"] for r in rows if r["level"] == level and r["topic_label"]}
+
+
 def topic_table_path(artifacts_dir: str) -> str:
     """``RUN/artifacts/topics.parquet`` for the stage's ``RUN/artifacts/topics`` directory."""
     return posixpath.join(posixpath.dirname(artifacts_dir.rstrip("/")), TOPIC_TABLE)

@@ -25,7 +25,8 @@ from panel.io.server import ComponentResourceHandler
 from tornado.web import HTTPError
 
 from dashboards.data_store import DEFAULT_MEMORY_BUDGET, get_store
-from dashboards.views import MapExplorer, document_view, preference_tab, summary_tab, topics_tab
+from dashboards.tabs import summary_tab, topics_tab
+from dashboards.views import MapExplorer, document_view, preference_tab
 
 log = logging.getLogger(__name__)
 

@@ -443,9 +443,49 @@ class RunStore:
         table = table.append_column("map_x", pa.array(x[idx])).append_column("map_y", pa.array(y[idx]))
         return total, table
 
+    def keys_of(self, filters: Filters | None = None, bounds=None, polygon=None) -> pa.Table:
+        """``source_file`` and ``source_index`` of every document passing ``filters`` (inside a box or a lasso when
+        one is given): what the map's Export writes. Exact only in memory: a prepared run's filters run on its
+        sample, so it raises ``ValueError`` there (``dq-ray export --where`` exports any subset of any run)."""
+        if self.prepared:
+            raise ValueError("this run is prepared: the map filters are estimated from a sample; use dq-ray export")
+        x, y = self.xy()
+        keep = geometry_mask(x, y, bounds, polygon) if bounds or polygon is not None else np.ones(len(x), bool)
+        m = self.mask(filters)
+        if m is not None:
+            keep &= m
+        return self.dataset.take(pa.array(np.flatnonzero(keep), pa.int64()), columns=["source_file", "source_index"])
+
     def nearest(self, px: float, py: float, radius: float, filters: Filters | None = None) -> tuple[int, pa.Table]:
         """The documents within ``radius`` map units of a clicked point (the tap tool)."""
         return self.select(filters, bounds=(px - radius, py - radius, px + radius, py + radius), limit=50)
+
+    def take_rows(self, rows: Iterable[int]) -> pa.Table:
+        """The documents at ``rows`` (positions in ``docs/``, the numbering of the search and neighbour indexes),
+        in that order: ``row``, ``id``, ``source_file``, ``source_index``, the key signals and ``map_x`` /
+        ``map_y`` (null where a prepared run's tiles do not hold the document)."""
+        rows = np.asarray(list(rows), np.int64)
+        names = self.dataset.schema.names
+        cols = [c for c in ["id", "source_file", "source_index", *self.key_columns()] if c in names]
+        docs_xy = self.prepared is not None and self.columns.has_map
+        table = self.dataset.take(pa.array(rows), columns=cols + (["map_x", "map_y"] if docs_xy else []))
+        if self.prepared is None:
+            x, y = self.xy()
+            table = table.append_column("map_x", pa.array(x[rows])).append_column("map_y", pa.array(y[rows]))
+        elif not docs_xy:  # projected at prepare time: the coordinates are in the tiles
+            table = self._xy_from_tiles(table)
+        return table.add_column(0, "row", pa.array(rows))
+
+    def _xy_from_tiles(self, table: pa.Table) -> pa.Table:
+        found = self.prepared.points_dataset().to_table(
+            columns=["source_file", "source_index", "map_x", "map_y"], filter=pc.field("id").isin(table.column("id"))
+        )
+        files, index = found.column("source_file").to_pylist(), found.column("source_index").to_pylist()
+        where = dict(zip(zip(files, index), zip(found.column("map_x").to_pylist(), found.column("map_y").to_pylist())))
+        keys = zip(table.column("source_file").to_pylist(), table.column("source_index").to_pylist())
+        xy = [where.get(k, (None, None)) for k in keys]
+        table = table.append_column("map_x", pa.array([p[0] for p in xy], pa.float32()))
+        return table.append_column("map_y", pa.array([p[1] for p in xy], pa.float32()))
 
     def key_columns(self) -> list[str]:
         """The signals shown in the drill-down table (the most telling ones present)."""

@@ -20,6 +20,8 @@ import xxhash
 
 from dashboards.data_store import RunStore, discover_columns
 from dashboards.geometry import fit_pca
+from dashboards.neighbours import NEIGHBOURS_DIR
+from dashboards.neighbours import build_index as build_neighbour_index
 from dashboards.pyramid import (
     DEFAULT_BASE_LEVEL,
     DEFAULT_SAMPLE_ROWS,
@@ -29,6 +31,8 @@ from dashboards.pyramid import (
     tile_level_for,
     zorder,
 )
+from dashboards.search import SEARCH_DIR
+from dashboards.search import build_index as build_search_index
 from dq_ray.vectors import to_matrix
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,14 @@ def prepare(
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     tile_level: int | None = None,
     overwrite: bool = True,
+    search: bool = True,
+    neighbours: bool = True,
 ) -> dict[str, Any]:
-    """Write ``RUN/dashboard/`` for ``run_dir`` with Ray Data (Ray must already be initialised)."""
+    """Write ``RUN/dashboard/`` for ``run_dir`` with Ray Data (Ray must already be initialised).
+
+    With ``search``, also the full-text index of the map's search box (:mod:`dashboards.search`); with
+    ``neighbours``, the signed FAISS index of a clicked document's neighbours (:mod:`dashboards.neighbours`).
+    """
     import ray
 
     started = time.perf_counter()
@@ -131,6 +141,8 @@ def prepare(
     sample = pa.concat_tables(list(sampled.iter_batches(batch_format="pyarrow", batch_size=None)))
     pq.write_table(sample, os.path.join(out, "sample.parquet"))
 
+    search_info = build_search_index(root, os.path.join(out, SEARCH_DIR)) if search else None
+    neighbour_info = build_neighbour_index(root, os.path.join(out, NEIGHBOURS_DIR)) if neighbours else None
     info = {
         "num_rows": int(num_rows),
         "sample_rows": int(sample.num_rows),
@@ -142,6 +154,8 @@ def prepare(
         "flags": list(cols.flags),
         "categorical": list(cols.categorical),
         "projection": projection,
+        "search": search_info,
+        "neighbours": neighbour_info,
         "run_started_at": run_started_at(root),
         "wall_s": round(time.perf_counter() - started, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

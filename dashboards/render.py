@@ -23,8 +23,10 @@ import datashader as ds
 import holoviews as hv
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from holoviews.operation.datashader import rasterize
 
+from dashboards import hover as hv_hover
 from dashboards.data_store import MAX_CATEGORIES, NONE_LABEL, OTHER_LABEL, Filters, RunStore
 
 #: Above this many documents in view, a prepared run renders filtered/categorical views from its sample.
@@ -124,8 +126,11 @@ def column_legend(store: RunStore, colour_by: str) -> Legend:
     return store._cached(f"legend:{colour_by}", load)
 
 
-def _aggregate(df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_range, width, height, scale=1.0):
-    """``rasterize`` a frame of x, y (and the colour column) to one element."""
+def _aggregate(
+    df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_range, width, height, scale=1.0, selector=False
+):
+    """``rasterize`` a frame of x, y (and the colour column) to one element; with ``selector``, also each pixel's
+    first document (the frame's :data:`~dashboards.hover.ROW` column per pixel, for the tooltip)."""
     if colour_by is None:
         agg, vdims = ds.count(), []
     elif kind == "numeric":
@@ -140,6 +145,8 @@ def _aggregate(df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_ra
             df = pd.DataFrame(
                 {"x": [outside], "y": [y_range[0]], colour_by: pd.Categorical.from_codes([0], categories=cats)}
             )
+            if selector:
+                df[hv_hover.ROW] = np.array([-1], np.int64)
     points = hv.Points(df, kdims=["x", "y"], vdims=vdims)
     img = rasterize(
         points,
@@ -149,12 +156,20 @@ def _aggregate(df: pd.DataFrame, colour_by: str | None, kind: str, x_range, y_ra
         width=int(width),
         height=int(height),
         dynamic=False,
+        **({"selector": ds.first()} if selector else {}),
     )
     if not isinstance(img, hv.ImageStack):  # name the value after what it is: "documents" or the signal
+        if selector and colour_by in img.data and colour_by != img.vdims[0].name:  # the selected document's value
+            data = img.data.drop_vars(colour_by)
+            data.attrs["selector_columns"] = [c for c in data.attrs["selector_columns"] if c != colour_by]
+            img = img.clone(data)
         img = img.redim(**{img.vdims[0].name: "documents" if colour_by is None else colour_by})
     if colour_by is None:
-        data = img.data.where(img.data > 0)  # no documents: transparent, not the lowest colour
-        img = img.clone(data * scale if scale != 1.0 else data)
+        data = img.data.copy()
+        count = data["documents"]
+        count = count.where(count > 0)  # no documents: transparent, not the lowest colour
+        data["documents"] = count * scale if scale != 1.0 else count
+        img = img.clone(data)
     return img
 
 
@@ -166,8 +181,12 @@ def render(
     height: int = 600,
     colour_by: str | None = None,
     filters: Filters | None = None,
+    hover: bool = False,
 ) -> Frame:
-    """Render one frame of the map for a view (defaults: the full extent)."""
+    """Render one frame of the map for a view (defaults: the full extent).
+
+    With ``hover``, the frame carries the document under each pixel for the map's tooltip (:mod:`dashboards.hover`).
+    """
     full_x, full_y = store.bounds()
     x_range = tuple(x_range or full_x)
     y_range = tuple(y_range or full_y)
@@ -178,14 +197,17 @@ def render(
         if not filtered and kind in ("count", "numeric"):
             frame = _from_pyramid(store, x_range, y_range, width, height, colour_by)
             if frame is not None:
+                if hover:
+                    columns = hv_hover.hover_columns(store.key_columns(), colour_by, kind)
+                    frame.element = hv_hover.empty_hover(frame.element, columns)
                 return frame
         if prepared.rows_in_view(x_range, y_range) <= MAX_TILE_POINTS:
-            return _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters)
-        return _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, source="sample")
-    return _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, source="memory")
+            return _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters, hover)
+        return _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, "sample", hover)
+    return _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, "memory", hover)
 
 
-def _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, source) -> Frame:
+def _from_memory(store, x_range, y_range, width, height, colour_by, kind, filters, source, hover=False) -> Frame:
     x, y = store.xy()
     mask = store.mask(filters)
     if mask is not None:
@@ -205,9 +227,19 @@ def _from_memory(store, x_range, y_range, width, height, colour_by, kind, filter
         cols[colour_by] = pd.Categorical.from_codes(codes, categories=lg.labels)
         legend = lg.colours
         shown = _shown(codes[in_view], lg.labels, scale)
+    in_frame = int(np.count_nonzero(in_view))
+    # zoomed in on few documents of the store (not of a prepared run's sample): the tooltip names them
+    with_docs = hover and source == "memory" and in_frame <= hv_hover.HOVER_DOCS
+    if with_docs:
+        cols[hv_hover.ROW] = np.flatnonzero(mask) if mask is not None else np.arange(len(x), dtype=np.int64)
     df = pd.DataFrame(cols, copy=False)
-    img = _aggregate(df, colour_by, kind, x_range, y_range, width, height, scale)
-    return Frame(img, source, int(round(np.count_nonzero(in_view) * scale)), legend, shown)
+    if with_docs:
+        df = df[in_view]  # the selector's cost follows the documents in view, not the corpus
+    img = _aggregate(df, colour_by, kind, x_range, y_range, width, height, scale, selector=with_docs)
+    if hover:
+        fetch = hv_hover.store_fetch(store) if with_docs else None
+        img = hv_hover.annotate(img, fetch, hv_hover.hover_columns(store.key_columns(), colour_by, kind))
+    return Frame(img, source, int(round(in_frame * scale)), legend, shown)
 
 
 def _shown(layer_codes: np.ndarray, labels: list[str], scale: float = 1.0) -> dict[str, int]:
@@ -216,13 +248,21 @@ def _shown(layer_codes: np.ndarray, labels: list[str], scale: float = 1.0) -> di
     return {label: int(round(n * scale)) for label, n in zip(labels, counts) if n > 0}
 
 
-def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters) -> Frame:
+def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters, hover=False) -> Frame:
     from dashboards.pyramid import filters_expression
 
     prepared = store.prepared
     cols = [colour_by] if colour_by else []
+    columns = hv_hover.hover_columns(store.key_columns(), colour_by, kind)
+    with_docs = hover and prepared.rows_in_view(x_range, y_range) <= hv_hover.HOVER_DOCS
+    if with_docs:  # zoomed in: read what the tooltip shows with the points
+        names = store.dataset.schema.names
+        cols = list(dict.fromkeys([*cols, "id", "source_file", "source_index", *(c for c in columns if c in names)]))
     t = prepared.points_in_view(x_range, y_range, cols, filters_expression(filters))
+    with_docs = with_docs and t.num_rows <= hv_hover.HOVER_DOCS
     data = {"x": t.column("map_x").to_numpy(), "y": t.column("map_y").to_numpy()}
+    if with_docs:
+        data[hv_hover.ROW] = np.arange(t.num_rows, dtype=np.int64)
     legend = None
     if kind == "numeric":
         data[colour_by] = t.column(colour_by).to_pandas().astype("float32").to_numpy()
@@ -239,7 +279,11 @@ def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters
         data[colour_by] = pd.Categorical.from_codes(codes, categories=lg.labels)
         legend = lg.colours
         shown = _shown(codes, lg.labels)
-    img = _aggregate(pd.DataFrame(data, copy=False), colour_by, kind, x_range, y_range, width, height)
+    df = pd.DataFrame(data, copy=False)
+    img = _aggregate(df, colour_by, kind, x_range, y_range, width, height, selector=with_docs)
+    if hover:
+        fetch = (lambda rows: hv_hover.with_snippets(store, t.take(pa.array(rows)))) if with_docs else None
+        img = hv_hover.annotate(img, fetch, columns)
     return Frame(img, "tiles", t.num_rows, legend, shown)
 
 

@@ -18,7 +18,11 @@ import panel as pn
 import param
 
 from dashboards.data_store import NONE_LABEL, Filters, RunStore
+from dashboards.export_panel import ExportPanel
+from dashboards.find import FindPanel
+from dashboards.hover import hover_signals, tooltips, wrap_tooltip
 from dashboards.render import Frame, render
+from dashboards.tabs import format_count, format_decimal, summary_tab, topics_tab  # noqa: F401 (the app's tabs)
 from dashboards.whatif import Policy, build_policy, evaluate_policy
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,7 @@ class MapExplorer:
         for w in [*self.flags.values(), *self.pickers.values()]:
             w.param.watch(self._bump, "value")
         self.colour.param.watch(self._rebuild_map, "value")
+        self.find = FindPanel(store, self.show_selection)
 
         self.map_pane = pn.pane.HoloViews(
             self._make_map(), sizing_mode="stretch_width", height=MAP_HEIGHT, min_width=360, css_classes=["dq-map"]
@@ -111,10 +116,15 @@ class MapExplorer:
             formatters={"snippet": {"type": "textarea"}},
             css_classes=["dq-table"],
         )
+        self._rows: Any = None  # the table's documents (pa.Table), for a click on a row
+        self.table.on_click(self._on_row_click)
         self.table_title = pn.pane.Markdown(
-            "**Selection**: drag a box or lasso on the map, or click a point.", css_classes=["dq-selection"]
+            "**Selection**: drag a box or lasso on the map, or click a point; click a row for its neighbours.",
+            css_classes=["dq-selection"],
         )
         self.whatif = WhatIfPanel(store, self.current_filters)
+        self.area: dict[str, Any] | None = None  # the last box or lasso selection, for the Export
+        self.export = ExportPanel(store, self.current_filters, lambda: self.area)
         self.state.param.watch(self._refresh_side, "version")
         self._refresh_side()
 
@@ -182,12 +192,14 @@ class MapExplorer:
             height=max(1, (height or MAP_HEIGHT) // block),
             colour_by=self.colour_by(),
             filters=self.current_filters(),
+            hover=True,
         )
 
     def _make_map(self) -> hv.DynamicMap:
         xr, yr = self.store.bounds()
         colour_by = self.colour_by()
         kind = "count" if colour_by is None else self.store.columns.kind(colour_by)
+        hover = tooltips(colour_by or "documents", hover_signals(self.store.key_columns()))
 
         def frame(x_range=None, y_range=None, width=None, height=None, version=0, **_):
             f = self._frame(x_range, y_range, width, height)
@@ -199,6 +211,9 @@ class MapExplorer:
                 responsive=True,
                 height=MAP_HEIGHT,
                 tools=["hover", "box_select", "lasso_select", "tap"],
+                hover_tooltips=hover,
+                hooks=[wrap_tooltip],
+                selector_in_hovertool=False,
                 active_tools=["wheel_zoom"],
                 xlim=xr,
                 ylim=yr,
@@ -225,7 +240,7 @@ class MapExplorer:
         hv.streams.BoundsXY(source=dmap).add_subscriber(self._on_box)
         hv.streams.Lasso(source=dmap).add_subscriber(self._on_lasso)
         hv.streams.Tap(source=dmap).add_subscriber(self._on_tap)
-        return dmap
+        return dmap * self.find.overlay()
 
     def _rebuild_map(self, *_: Any) -> None:
         # ImageStack and Image cannot share one DynamicMap: a new map for a new kind of colouring
@@ -255,10 +270,12 @@ class MapExplorer:
 
     def _on_box(self, bounds=None, **_: Any) -> None:
         if bounds:
+            self.area = {"bounds": bounds}
             self.show_selection(*self.store.select(self.current_filters(), bounds=bounds, limit=TABLE_ROWS))
 
     def _on_lasso(self, geometry=None, **_: Any) -> None:
         if geometry is not None and len(geometry) >= 3:
+            self.area = {"polygon": geometry}
             self.show_selection(*self.store.select(self.current_filters(), polygon=geometry, limit=TABLE_ROWS))
 
     def _on_tap(self, x=None, y=None, **_: Any) -> None:
@@ -266,20 +283,33 @@ class MapExplorer:
             return
         xr, _ = self.store.bounds()
         radius = (xr[1] - xr[0]) / 150
-        self.show_selection(*self.store.nearest(x, y, radius, self.current_filters()))
+        total, rows = self.store.nearest(x, y, radius, self.current_filters())
+        self.show_selection(total, rows)
+        if rows.num_rows:  # the document nearest the click: its neighbours
+            dx = rows.column("map_x").to_numpy(zero_copy_only=False) - x
+            dy = rows.column("map_y").to_numpy(zero_copy_only=False) - y
+            self.find.show_neighbours(rows.slice(int(np.argmin(dx * dx + dy * dy)), 1).to_pylist()[0])
 
-    def show_selection(self, total: int, rows) -> None:
-        """Fill the table with up to :data:`TABLE_ROWS` documents and their snippets (read now)."""
+    def _on_row_click(self, event) -> None:
+        if self._rows is not None and event.row is not None and 0 <= event.row < self._rows.num_rows:
+            self.find.show_neighbours(self._rows.slice(event.row, 1).to_pylist()[0])
+
+    def show_selection(self, total: int, rows, title: str = "Selection", snippets: list | None = None) -> None:
+        """Fill the table with up to :data:`TABLE_ROWS` documents and their snippets (read now unless given)."""
         rows = rows.slice(0, TABLE_ROWS)
-        df = rows.drop_columns([c for c in ("source_file", "map_x", "map_y") if c in rows.column_names]).to_pandas()
-        try:
-            snippets = self.store.snippets(rows)
-        except Exception as exc:  # an input that moved: show the table without text
-            log.warning("snippets unavailable: %s", exc)
-            snippets = None
+        self._rows = rows
+        drop = ("row", "source_file", "map_x", "map_y")
+        df = rows.drop_columns([c for c in drop if c in rows.column_names]).to_pandas()
+        snippets = snippets[: rows.num_rows] if snippets is not None else None
+        if snippets is None:
+            try:
+                snippets = self.store.snippets(rows)
+            except Exception as exc:  # an input that moved: show the table without text
+                log.warning("snippets unavailable: %s", exc)
+                snippets = None
         df.insert(min(1, len(df.columns)), "snippet", snippets)  # after the id: the text is what people read
         self.table.value = df
-        self.table_title.object = f"**Selection**: {total:,} documents; showing {len(df)}."
+        self.table_title.object = f"**{title}**: {total:,} documents; showing {len(df)}."
 
     # -- side panels ---------------------------------------------------------------------------------------
 
@@ -334,6 +364,7 @@ class MapExplorer:
             for n, w in self.flags.items()
         ]
         sidebar = pn.Column(
+            self.find.panel(),
             self.colour,
             pn.pane.Markdown("### Filters"),
             self.more,
@@ -342,6 +373,7 @@ class MapExplorer:
             self.nulls,
             *self.pickers.values(),
             *flag_widgets,
+            self.export.panel(),
             width=SIDEBAR_WIDTH,
             css_classes=["dq-sidebar"],
         )
@@ -357,6 +389,8 @@ class MapExplorer:
             pn.Row(self.hists, whatif, sizing_mode="stretch_width"),
             self.table_title,
             self.table,
+            self.find.neighbours_title,
+            self.find.neighbours_table,
             sizing_mode="stretch_width",
             css_classes=["dq-main"],
         )
@@ -501,108 +535,6 @@ class WhatIfPanel:
 
 
 # -- the other tabs ----------------------------------------------------------------------------------------
-
-
-def summary_tab(store: RunStore) -> pn.viewable.Viewable:
-    """The run summary from ``manifest.json``: counts, per-stage throughput, config."""
-    m = store.manifest
-    counts = m.get("counts") or {}
-
-    def n(v: Any) -> str:
-        return f"{v:,}" if isinstance(v, int) else "?"
-
-    head = [
-        f"## Run `{html.escape(str(m.get('run_dir', store.root)))}`",
-        f"status **{m.get('status')}**, started {m.get('started_at', '?')}, wall {float(m.get('wall_s') or 0):.1f} s",
-        f"documents in **{n(counts.get('input'))}**, kept {n(counts.get('accepted'))}, "
-        f"rejected {n(counts.get('rejected'))}",
-        f"map coordinates: {store.projection}",
-    ]
-    rejected = counts.get("rejected_by_reason") or {}
-    # formatted here, not by the table: counts as integers (a stage without rows, a fit, would make the column
-    # float: "3,812.0"), seconds and rates to one decimal
-    stages = pd.DataFrame(
-        [
-            {
-                "stage": name,
-                "docs": format_count(s.get("rows")),
-                "wall_s": format_decimal(s.get("wall_s")),
-                "docs_per_s": format_decimal(s.get("docs_per_s")),
-                "docs_per_busy_s": format_decimal(s.get("docs_per_busy_s")),
-            }
-            for name, s in (m.get("stages") or {}).items()
-        ],
-        columns=["stage", "docs", "wall_s", "docs_per_s", "docs_per_busy_s"],
-    )
-    flags = pd.DataFrame(
-        [{"flag": k, **{c: format_count(n) for c, n in v.items()}} for k, v in (m.get("flags") or {}).items()]
-    )
-    right = {c: "right" for c in [*stages.columns[1:], *flags.columns[1:]]}
-    parts = [pn.pane.Markdown("\n\n".join(head))]
-    if rejected:
-        parts.append(pn.pane.Markdown("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in rejected.items())))
-    parts += [
-        pn.pane.Markdown("### Stages"),
-        pn.widgets.Tabulator(
-            stages, disabled=True, show_index=False, width=700, text_align=right, css_classes=["dq-stages"]
-        ),
-        pn.pane.Markdown("### Flags"),
-        pn.widgets.Tabulator(flags, disabled=True, show_index=False, width=700, text_align=right),
-        pn.pane.Markdown("### Config"),
-        pn.pane.JSON(m.get("config") or {}, depth=2, width=700),
-    ]
-    return pn.Column(*parts, name="Run summary")
-
-
-def format_count(v: Any) -> str:
-    """An integer count with thousands separators (``3,812``, also for ``3812.0``); empty for none."""
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        return ""
-    return f"{int(round(v)):,}"
-
-
-def format_decimal(v: Any) -> str:
-    """A time or a rate to one decimal (``1.1``, ``1,794.9``); empty for none."""
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        return ""
-    return f"{float(v):,.1f}"
-
-
-def topics_tab(store: RunStore) -> pn.viewable.Viewable:
-    """Topic sizes, keywords and labels from ``RUN/artifacts/topics.parquet``."""
-    table = store.topics()
-    if table is None:
-        return pn.Column(
-            pn.pane.Markdown("No topics in this run (add the `topics` stage to write `artifacts/topics.parquet`)."),
-            name="Topics",
-        )
-    df = table.to_pandas()
-    keep = [c for c in ("level", "topic_id", "topic_coarse_id", "topic_label", "size", "share", "keywords") if c in df]
-    df = df[keep].copy()
-    if "keywords" in df:
-        df["keywords"] = df["keywords"].map(lambda k: ", ".join(list(k)[:8]) if k is not None else "")
-    if {"level", "topic_coarse_id", "size"} <= set(df):
-        # fine topics nested under their coarse topic: each coarse row, then its fine topics by size
-        df["_coarse_size"] = df["topic_coarse_id"].map(df[df["level"] == "coarse"].set_index("topic_id")["size"])
-        df["_fine"] = df["level"] == "fine"
-        df = df.sort_values(["_coarse_size", "topic_coarse_id", "_fine", "size"], ascending=[False, True, True, False])
-        df = df.drop(columns=["_coarse_size", "_fine"])
-        df["level"] = df["level"].map({"coarse": "coarse", "fine": "  └ fine"}).fillna(df["level"])
-    elif "size" in df:
-        df = df.sort_values("size", ascending=False)
-    return pn.Column(
-        pn.pane.Markdown(f"### {len(df)} topics"),
-        pn.widgets.Tabulator(
-            df,
-            disabled=True,
-            show_index=False,
-            pagination="local",
-            page_size=25,
-            layout="fit_columns",
-            sizing_mode="stretch_width",
-        ),
-        name="Topics",
-    )
 
 
 def preference_tab(store: RunStore) -> pn.viewable.Viewable:

@@ -87,6 +87,25 @@ def main() -> None:
     help="Seconds between two progress log lines when stderr is not a terminal (default 10, "
     "or $DQ_RAY_PROGRESS_EVERY).",
 )
+@click.option(
+    "--baseline",
+    default=None,
+    metavar="RUN",
+    help="An earlier finished run: score only documents it has not scored, apply its fitted artifacts (index, "
+    "centroids, map), flag copies of its documents; select/export read both runs as one corpus.",
+)
+@click.option(
+    "--recompute-changed",
+    is_flag=True,
+    help="With --baseline: compute stages whose config differs from the baseline's afresh instead of refusing.",
+)
+@click.option(
+    "--baseline-keep",
+    type=click.Choice(["old", "both"]),
+    default="old",
+    show_default=True,
+    help="With --baseline: which copy of a document the baseline already holds keeps exact_dup_keep.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
 def run(
     config: str,
@@ -97,27 +116,47 @@ def run(
     resume: bool,
     progress: bool | None,
     progress_every: float | None,
+    baseline: str | None,
+    recompute_changed: bool,
+    baseline_keep: str,
     verbose: bool,
 ) -> None:
-    """Score every document of the inputs and write the run directory."""
+    """Score every document of the inputs and write the run directory.
+
+    With --baseline RUN, an incremental run: documents whose text RUN already scored reuse its signals, RUN's
+    fits are applied (not refitted), copies of RUN's documents are flagged (exact_dup_in_baseline), and the new
+    run reads as one corpus with RUN. A baseline made with another config is refused, the differences listed.
+    """
     from dq_ray.artifacts import UntrustedArtifactError
     from dq_ray.io import InputError
     from dq_ray.io.guard import NotARunError, RunLockedError, UnsafeOutputError
     from dq_ray.pipeline import run_job
+    from dq_ray.pipeline.baseline import BaselineOptions
     from dq_ray.pipeline.progress import resolve_every, resolve_mode
 
     _setup_logging(verbose)
     cfg = _load(config, inputs, output, overrides)
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other")
+    if baseline is None and (recompute_changed or baseline_keep != "old"):
+        raise click.UsageError("--recompute-changed and --baseline-keep need --baseline")
+    base = BaselineOptions(baseline, recompute_changed, baseline_keep) if baseline else None
     try:  # a $DQ_RAY_PROGRESS or $DQ_RAY_PROGRESS_EVERY that means nothing is refused before anything runs
         mode = resolve_mode(None if progress is None else ("auto" if progress else "off"))
         every = resolve_every(progress_every)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        result = run_job(cfg, overwrite=overwrite, resume=resume, progress=mode, progress_every=every)
-    except (InputError, RunExistsError, NotARunError, RunLockedError, UnsafeOutputError, UntrustedArtifactError) as exc:
+        result = run_job(cfg, overwrite=overwrite, resume=resume, progress=mode, progress_every=every, baseline=base)
+    except (
+        ConfigError,
+        InputError,
+        RunExistsError,
+        NotARunError,
+        RunLockedError,
+        UnsafeOutputError,
+        UntrustedArtifactError,
+    ) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(result.manifest))
     if cfg.selection is not None:  # the config's selection policy, applied to the finished run
@@ -470,6 +509,17 @@ def format_summary(manifest: dict[str, Any]) -> str:
         + (f"  ({', '.join(f'{k} {v}' for k, v in c['rejected_by_reason'].items())})" if c["rejected"] else ""),
         "",
     ]
+    base = manifest.get("baseline")
+    if base:  # an incremental run (--baseline)
+        reused = (base.get("cache") or {}).get("reused") or {}
+        dups = (base.get("cross_run") or {}).get("exact_duplicates")
+        lines += [
+            f"baseline {base['path']}: fits applied: {', '.join(base.get('fits_reused') or []) or 'none'}; "
+            f"signals reused (same text) for {max(reused.values(), default=0):,} document(s); "
+            f"copies of baseline documents: {'n/a' if dups is None else f'{dups:,}'}; "
+            f"the view (baseline + this run): {(base.get('view') or {}).get('rows', 0):,} documents",
+            "",
+        ]
     cost = manifest.get("cost") or {}
     per = cost.get("per_1b_docs", {})
     gpu = any(c["gpu_hours"] for c in per.values())

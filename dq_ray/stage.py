@@ -135,6 +135,10 @@ class Stage:
     group_key: ClassVar[str | None] = None
     stateful: ClassVar[bool] = False
     cpu_pool: ClassVar[bool] = False
+    #: True for a fit whose artifact lists the documents it saw (MinHash's duplicate groups) rather than a model
+    #: of the corpus (an index, centroids, a projection): an incremental run (``--baseline``) refits it, over its
+    #: own documents and the baseline's, instead of applying the baseline's artifact.
+    fit_per_document: ClassVar[bool] = False
     #: The verified digests of the stage's artifact folder (``{relative path: sha256}``), for stages with a fit:
     #: set by the pipeline from ``dq_ray.artifacts.verify_artifacts(artifacts_dir)`` on the driver before
     #: ``setup()``, so workers (which may not hold the signing key) load only the signed bytes. When it is None

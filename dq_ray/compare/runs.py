@@ -106,22 +106,12 @@ def open_run(path: str) -> OpenRun:
     import pyarrow.dataset as pads
 
     from dq_ray.io import RunDir, redact_url
-    from dq_ray.io.guard import read_owner
+    from dq_ray.io.baseline import run_problem
 
     run = RunDir(path)
-    shown = redact_url(run.path)
-    manifest = read_owner(run.fs, run.root)
-    if manifest is None:
-        raise NotAFinishedRunError(f"{shown} is not a dq-ray run directory (no manifest.json written by dq-ray)")
-    status = manifest.get("status")
-    if status != "succeeded":
-        raise NotAFinishedRunError(
-            f"{shown} is not a finished run (manifest status: {status!r}, expected 'succeeded'); "
-            "finish it with `dq-ray run --resume` first"
-        )
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
-    if not files:
-        raise NotAFinishedRunError(f"{shown} has no docs/ Parquet files")
+    manifest, files, problem = run_problem(run)
+    if problem is not None:
+        raise NotAFinishedRunError(f"{redact_url(run.path)} {problem}")
     schema = pads.dataset(files, filesystem=run.fs, format="parquet").schema
     return OpenRun(run, manifest, files, schema)
 

@@ -232,4 +232,5 @@ def format_gaps(result: GapsResult) -> str:
     for p in s["probes"][:5]:
         lines.append(f"  {p['density_percentile']:6.1f} pct  {p['probe_id']}")
     lines.append(f"report: {result.paths['markdown']}, gaps.html, gaps.json, probes.parquet")
+    lines.append(f"to sample more near the thin probes: {{kind: density_sample, favour: {result.output_dir}}}")
     return "\n".join(lines)

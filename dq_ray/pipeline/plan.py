@@ -26,6 +26,7 @@ from typing import Any
 from dq_ray.artifacts import UntrustedArtifactError, verify_artifacts
 from dq_ray.config import JobConfig
 from dq_ray.io import InputFile, RunDir
+from dq_ray.pipeline.cache import add_text_hash
 from dq_ray.pipeline.faults import Faults
 from dq_ray.pipeline.workers import (
     BUCKET_COLUMN,
@@ -260,13 +261,20 @@ class Plan:
         self.on_step: Callable[[str, str, bool], None] = lambda kind, name, ended: None
         #: what this attempt found already done: {"phases": [...], "shards": {phase: n}, "fits": [...]}
         self.reused: dict[str, Any] = {"phases": [], "shards": {}, "fits": []}
+        #: an incremental run (``dq_ray.pipeline.baseline``): per stage, its content-hash cache file; while any is
+        #: set, every document carries its text hash (``dq_ray.pipeline.cache.TEXT_HASH``) until ``docs/``
+        self.caches: dict[str, str] = {}
+        #: per stage, what its fit sees instead of the plain upstream data (an update's MinHash fit also sees the
+        #: baseline's documents); called with the :class:`ParquetFitData` and returns a ``FitData``
+        self.fit_data: dict[str, Callable[[Any], Any]] = {}
 
     def ref(self, i: int, phase: int = 0) -> StageRef:
         """What the workers of stage ``i`` get; the faults only when some are injected (tests)."""
         sc = self.cfg.stages[i]
         digests = self.digests.get(sc.name)
         faults = self.faults if self.faults.active else None
-        return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"), self.run.path, phase, faults, digests)
+        cache = self.caches.get(sc.name)
+        return StageRef(sc, self.run.sub(f"artifacts/{sc.name}"), self.run.path, phase, faults, digests, cache)
 
     def block_rows(self, ph: Phase) -> int:
         """Rows per block entering a phase: ``input.batch_rows``, or less when a stage of the phase takes smaller
@@ -291,6 +299,8 @@ class Plan:
             max_retries=self.cfg.ray.max_task_retries,
         )
         ds = ds.repartition(target_num_rows_per_block=block_rows)
+        if self.caches:
+            ds = ds.map_batches(add_text_hash, batch_format="pyarrow", num_cpus=READ_CPUS)
         if self.last_text_user < 0 and not self.cfg.output.keep_text:
             ds = ds.drop_columns(["text"])
         return ds
@@ -376,6 +386,8 @@ class Plan:
             self.run.fs.rm(artifacts, recursive=True)
         self.run.fs.makedirs(artifacts, exist_ok=True)
         data = ParquetFitData(self.run.sub(source), stage.artifacts_dir, self.run.count_rows(source))
+        if name in self.fit_data:
+            data = self.fit_data[name](data)
         t0 = time.perf_counter()
         log.info("fitting %s on %d documents", name, data.num_rows())
         self.on_step("fit", name, False)

@@ -20,6 +20,7 @@ from dq_ray.config import JobConfig
 from dq_ray.io import InputFile, RunDir, RunExistsError, discover_inputs, redact, redact_url
 from dq_ray.io.guard import check_output
 from dq_ray.io.readers import changed_inputs
+from dq_ray.pipeline.baseline import BaselineOptions, BaselinePlan, finish, plan_baseline, prepare_plan
 from dq_ray.pipeline.faults import Faults
 from dq_ray.pipeline.faults import from_env as faults_from_env
 from dq_ray.pipeline.plan import READ_CPUS, Plan
@@ -165,6 +166,7 @@ def run_job(
     resume: bool = False,
     progress: str | None = None,
     progress_every: float | None = None,
+    baseline: BaselineOptions | None = None,
 ) -> RunResult:
     """Run a whole job: read, score, group, write ``docs/``, ``rejected/`` and ``manifest.json``.
 
@@ -176,6 +178,9 @@ def run_job(
     ``progress`` (``auto``, ``bars``, ``log``, ``off``, ``ray``; None: ``$DQ_RAY_PROGRESS``, else ``auto``) and
     ``progress_every`` (seconds between plain lines; None: ``$DQ_RAY_PROGRESS_EVERY``, else 10) choose how the
     run shows its progress (:mod:`dq_ray.pipeline.progress`).
+
+    ``baseline``: an incremental run against an earlier finished run (checked before Ray starts; see
+    :mod:`dq_ray.pipeline.baseline`): only the new documents are scored, in the baseline's fitted world.
     """
     mode, every = resolve_mode(progress), resolve_every(progress_every)
     check_output(cfg.output.path, cfg.input.paths)
@@ -184,10 +189,11 @@ def run_job(
     faults = faults_from_env()
     run = RunDir(cfg.output.path)
     cfg_dict = redact(cfg.to_dict())
+    bplan = plan_baseline(cfg_dict, stages, baseline, cfg.output.path) if baseline is not None else None
     previous = _resume_check(run, cfg_dict, files) if resume and run.state() == "run" else {}
     resumed = run.prepare(overwrite=overwrite, resume=resume)
     try:
-        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed, (mode, every))
+        return _run_prepared(cfg, run, files, stages, faults, cfg_dict, previous, resumed, (mode, every), bplan)
     finally:
         run.release()
 
@@ -202,6 +208,7 @@ def _run_prepared(
     previous: dict[str, Any],
     resumed: bool,
     progress: tuple[str, float] = ("off", 10.0),
+    bplan: BaselinePlan | None = None,
 ) -> RunResult:
     """:func:`run_job` once the run directory is taken (locked, layout made)."""
     started = time.time()
@@ -224,6 +231,8 @@ def _run_prepared(
                 {k: previous.get(k) for k in ("started_at", "finished_at", "status", "error") if k in previous},
             ]
         }
+    if bplan is not None:
+        manifest["baseline"] = bplan.describe()
     if faults.active:
         manifest["faults"] = list(faults.rules)
     run.write_json("manifest.json", manifest)
@@ -253,6 +262,8 @@ def _run_prepared(
                 stages=stages,
                 cluster_nodes=ray_info["nodes"],
             )
+            if bplan is not None:  # the baseline's fits, marked fitted, and the content-hash caches
+                prepare_plan(bplan, run, plan)
             for st, res in zip(stages, plan.resources):
                 manifest["stage_info"][st.name]["resources"] = asdict(res)
             # what each stage's workers ask for, before a small machine shrinks it (Plan: share_cpus): the cost basis
@@ -270,6 +281,8 @@ def _run_prepared(
                     manifest["resume"]["reused"] = plan.reused
             write_wall = time.time() - t0
             raw_stats = ray.get(stats.summary.remote())
+        if bplan is not None:  # cross-run duplicates in docs/, the cache's counts, the view's size
+            manifest["baseline"].update(finish(bplan, run, raw_stats))
         order = ["read"] + [n for s in stages for n in (f"{s.name}.fit", s.name, f"{s.name}.group")]
         manifest["stages"] = _stage_table(raw_stats, order, plan.timings)
         manifest["cost"] = cost_of(manifest["stages"], asked)

@@ -22,6 +22,7 @@ import xxhash
 
 from dq_ray.config import StageConfig
 from dq_ray.io import InputFile, RunDir, ShardResult, read_shard
+from dq_ray.pipeline.cache import drop_text_hash, split_cached
 from dq_ray.pipeline.faults import Faults
 from dq_ray.stage import Stage
 
@@ -138,6 +139,8 @@ class StageRef:
     faults: Faults | None = None
     #: the digests of the stage's signed artifacts, verified on the driver (``dq_ray.artifacts``); None: no fit
     artifact_digests: dict[str, str] | None = None
+    #: an incremental run's content-hash cache of this stage (``dq_ray.pipeline.cache``); None: compute every row
+    cache: str | None = None
 
 
 class StageSetupError(RuntimeError):
@@ -229,9 +232,13 @@ def _map_batch(batch: pa.Table, ref: StageRef, stats: Any, num_buckets: int, cal
     """Run the stage on ``batch`` (bisecting around documents that raise), add the groupby bucket, report."""
     stage, setup = _worker_stage(ref)
     start, t0 = time.time(), time.perf_counter()
-    outputs, failures = _isolate(stage, batch, call)
+    todo, hits = split_cached(batch, ref.cache) if ref.cache else (batch, None)
+    outputs, failures = _isolate(stage, todo, call) if todo.num_rows or hits is None else ([], [])
+    if hits is not None:  # documents scored by the baseline: its values, not computed again
+        outputs.append(hits)
+        _record(stats, f"{stage.name}.cached", _batch_key(batch), hits.num_rows, 0.0, start, time.time())
     if failures:
-        if not outputs and batch.num_rows > 1:  # not one poison document: the stage itself is broken
+        if not outputs and todo.num_rows > 1:  # not one poison document: the stage itself is broken
             raise RuntimeError(f"stage {stage.name} failed on every document of a batch: {failures[0][1]}")
         rejected = _stage_rejections(stage.name, failures)
         log.warning(
@@ -299,6 +306,8 @@ class StageActor:
 
 def commit(batch: pa.Table, run_path: str, folder: str) -> pa.Table:
     """Write a block into ``RUN/<folder>/`` (one atomically renamed file per input shard); return what was written."""
+    if folder == "docs":
+        batch = drop_text_hash(batch)
     written = RunDir(run_path).commit_rows(folder, batch) if batch.num_rows else []
     return pa.table({"file": [f for f, _ in written], "rows": pa.array([n for _, n in written], pa.int64())})
 

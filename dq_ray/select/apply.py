@@ -54,6 +54,10 @@ REPORT_COLUMNS = (
     "pii_kinds",
     "pii_reason",
     "pii_spans",  # offsets only: redacts the report's text snippets, counts personal data by kind
+    "offensive_score",
+    "offensive_flag",
+    "offensive_words",
+    "quality_pred",
 )
 SELECTED_DIR = "selected"
 OUTPUT_FORMATS = ("parquet", "jsonl")
@@ -117,16 +121,19 @@ def signal_columns(schema: pa.Schema, policy: Policy, keep_fields: Sequence[str]
 
 
 def read_signals(run_path: str, columns: Sequence[str]) -> pa.Table:
-    """Only ``columns`` of ``RUN/docs/``, streamed batch by batch (pyarrow)."""
+    """Only ``columns`` of ``RUN/docs/``, streamed batch by batch (pyarrow). A run made with ``--baseline`` is
+    read with its baselines' ``docs/`` (one corpus; see :mod:`dq_ray.io.baseline`)."""
     import pyarrow.dataset as pads
 
     from dq_ray.io import RunDir
+    from dq_ray.io.baseline import is_view, view_files, view_schema
 
     run = RunDir(run_path)
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    files = view_files(run)
     if not files:
         raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
-    dataset = pads.dataset(files, filesystem=run.fs, format="parquet")
+    schema = view_schema(run, files) if is_view(run) else None
+    dataset = pads.dataset(files, filesystem=run.fs, format="parquet", schema=schema)
     # scans batch by batch, only these columns; __filename: the docs/ file of each row (to re-read it later)
     return dataset.to_table(columns=[*columns, "__filename"])
 
@@ -156,7 +163,7 @@ def select_run(
         policy = dataclasses.replace(policy, seed=seed)
     run = RunDir(run_path)
     manifest = run.read_json("manifest.json")
-    input_cfg = input_config(manifest)
+    input_cfg = input_config(manifest, run)
     schema = docs_schema(run)
     check_columns(policy, schema.names, where="policy")
     missing = [c for c in policy.exclude_columns if c not in schema.names]
@@ -226,20 +233,31 @@ def _write_selection(run, out, manifest, input_cfg, schema, policy, signals, ev,
     return SelectionResult(out.path, ev, summary)
 
 
-def input_config(manifest: dict[str, Any]):
-    """The run's input config (an :class:`~dq_ray.config.InputConfig`), from its manifest."""
+def input_config(manifest: dict[str, Any], run: Any = None):
+    """The run's input config (an :class:`~dq_ray.config.InputConfig`), from its manifest; given the run (a
+    ``RunDir``) made with ``--baseline``, its paths are the run's and its baselines' (the view's text)."""
     from dq_ray.config import InputConfig
 
-    return build_dataclass(InputConfig, manifest["config"]["input"], "manifest.config.input")
+    raw = dict(manifest["config"]["input"])
+    if run is not None and manifest.get("baseline"):
+        from dq_ray.io.baseline import view_input_paths
+
+        raw["paths"] = view_input_paths(run, manifest)
+    return build_dataclass(InputConfig, raw, "manifest.config.input")
 
 
 def docs_schema(run) -> pa.Schema:
-    """The Arrow schema of ``RUN/docs/`` (``run``: a :class:`~dq_ray.io.RunDir`)."""
+    """The Arrow schema of ``RUN/docs/`` (``run``: a :class:`~dq_ray.io.RunDir`), of its baselines' too when it
+    was made with ``--baseline`` (one schema for the view)."""
     import pyarrow.parquet as pq
 
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    from dq_ray.io.baseline import is_view, view_files, view_schema
+
+    files = view_files(run)
     if not files:
         raise FileNotFoundError(f"{run.path} has no docs/ Parquet: is it a dq-ray run directory?")
+    if is_view(run):
+        return view_schema(run, files)
     with run.fs.open(files[0], "rb") as fh:
         return pq.read_schema(fh)
 
@@ -305,6 +323,7 @@ def _gather(
     drop: tuple[str, ...] = (),
     order_seed: int | None = None,
     source_paths: str = "absolute",
+    schema: pa.Schema | None = None,
 ) -> Any:
     """Ray task, one per input file: its kept records (re-read, text included) joined with their signals.
 
@@ -313,7 +332,8 @@ def _gather(
     With ``redact_pii`` the text's personal-data spans are replaced by placeholders (:func:`redact_pii_text`);
     ``drop``: signal columns read only for that (excluded from the output by the policy). ``order_seed``: add
     ``__order``, a seeded hash of the document key (a global shuffle sorts on it); ``source_paths``: the form of
-    ``source_file`` written (:func:`shown_source_file`).
+    ``source_file`` written (:func:`shown_source_file`). ``schema``: the signal columns' types, when the
+    ``docs/`` files differ (a run and its baselines: a column one lacks is read as nulls).
     """
     import pyarrow.dataset as pads
 
@@ -322,7 +342,7 @@ def _gather(
     for row in batch.to_pylist():
         shard = InputFile(**row["shard"])
         wanted = np.asarray(row["indices"], dtype=np.int64)
-        docs = pads.dataset(row["docs_files"], filesystem=filesystem, format="parquet")
+        docs = pads.dataset(row["docs_files"], filesystem=filesystem, format="parquet", schema=schema)
         stored = redact_url(shard.path)
         expr = (pads.field("source_file") == stored) & pads.field("source_index").isin(pa.array(wanted))
         signals = docs.to_table(columns=sig_cols, filter=expr)
@@ -449,6 +469,10 @@ def gather_dataset(
         g["indices"].append(i)
         g["docs_files"].add(d)
     files = {redact_url(f.path): f for f in _input_files(input_cfg, set(groups))}  # groups hold stored paths
+    from dq_ray.io.baseline import is_view
+
+    view = docs_schema(run) if is_view(run) else None  # a run and its baselines: columns one lacks read as nulls
+    schema = pa.schema([view.field(c) for c in sig_cols if c in view.names]) if view is not None else None
     items = [
         {"shard": dataclasses.asdict(files[f]), "indices": sorted(g["indices"]), "docs_files": sorted(g["docs_files"])}
         for f, g in sorted(groups.items())
@@ -465,6 +489,7 @@ def gather_dataset(
             "drop": drop,
             "order_seed": order_seed,
             "source_paths": source_paths,
+            "schema": schema,
         },
     )
 

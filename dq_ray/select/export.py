@@ -176,6 +176,8 @@ def export_run(
     where: Sequence[str] = (),
     selected: str | None = None,
     ray_cfg: Any = None,
+    keys: pa.Table | None = None,
+    keys_label: str = "a map selection",
 ) -> dict[str, Any]:
     """Write the rows of a finished run (filtered by ``where``, limited to a selection) with their text into
     ``output`` (a new or empty folder) as ``data/part-*.parquet`` / ``data/part-*.jsonl``, with the dataset card
@@ -185,6 +187,9 @@ def export_run(
     ``source_index`` always come. Raises ``ConfigError`` / ``FileNotFoundError`` / ``NotARunError`` naming what is
     wrong before anything is written. Starts Ray (``ray_cfg``) only to re-read text from the inputs. Returns the
     numbers also written to ``export.json``.
+
+    ``keys``: only the documents whose ``source_file`` + ``source_index`` are rows of this table (what the map's
+    "Export" writes: the documents passing its filters, or a box / lasso selection), named ``keys_label`` in the card.
     """
     from dq_ray.io import RunDir
     from dq_ray.io.guard import NotARunError, read_owner
@@ -195,7 +200,7 @@ def export_run(
     if read_owner(run.fs, run.root) is None:
         raise NotARunError(f"{redact_url(run.path)} is not a dq-ray run directory (no manifest.json)")
     manifest = run.read_json("manifest.json")
-    input_cfg = input_config(manifest)
+    input_cfg = input_config(manifest, run)
     names = docs_schema(run).names
     rules = [parse_where(w) for w in where]
     check_columns(Policy(rules=tuple(rules)), names, where="--where")
@@ -212,6 +217,8 @@ def export_run(
     if selected is not None:
         in_sel, selection = _in_selection(selected, signals, input_cfg)
         mask &= in_sel
+    if keys is not None:
+        mask &= _in_keys(keys, signals)
     rows = signals.filter(pa.array(mask))
     log.info("exporting %d of %d documents", rows.num_rows, signals.num_rows)
     data = f"{out_root}/{DATA_DIR}"
@@ -235,6 +242,7 @@ def export_run(
         "text": "none" if not text else ("re-read from the inputs" if text_from_inputs else "docs/ (keep_text)"),
         "where": [r.label() for r in rules],
         "selected": selection,
+        "keys": None if keys is None else {"documents": keys.num_rows, "label": keys_label},
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     schema = _written_schema(out_fs, data, fmt)
@@ -243,6 +251,18 @@ def export_run(
     with out_fs.open(f"{out_root}/export.json", "w") as fh:
         json.dump(info, fh, indent=2, default=str)
     return info
+
+
+def _in_keys(keys: pa.Table, signals: pa.Table) -> np.ndarray:
+    """Which rows of ``signals`` have their ``source_file`` + ``source_index`` among the rows of ``keys``."""
+    import pyarrow.compute as pc
+
+    def joined(table: pa.Table) -> pa.ChunkedArray:
+        index = pc.cast(table.column("source_index"), pa.string())
+        return pc.binary_join_element_wise(table.column("source_file"), index, "#")
+
+    wanted = joined(keys).combine_chunks() if keys.num_rows else pa.array([], pa.string())
+    return np.asarray(pc.is_in(joined(signals), value_set=wanted).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _output_columns(names: Sequence[str], columns: Sequence[str] | None, text: bool) -> list[str]:
@@ -383,7 +403,10 @@ def dataset_card(
         lines.append(f"- `--selected`: the {sel['documents']} documents of `{redact_url(str(sel['path']))}`")
         if sel.get("policy"):
             lines.append(f"  under the policy `{json.dumps(sel['policy'], sort_keys=True)}`")
-    if not info["where"] and not sel:
+    picked = info.get("keys")
+    if picked:
+        lines.append(f"- {picked['label']}: {picked['documents']} documents, by `source_file` + `source_index`")
+    if not info["where"] and not sel and not picked:
         lines.append("- none: every document of the run")
     lines += ["", "## Columns", "", "| column | type | written by | meaning |", "|---|---|---|---|"]
     meanings = column_meanings([c for c, _ in schema], keep_fields)

@@ -25,7 +25,9 @@ Rule kinds (:data:`RULE_KINDS`):
   highest garbled text); rows with a null value are not kept.
 * ``density_sample``: Density sampling: draw ``size`` rows (or ``fraction`` of the remaining ones) without
   replacement, with probability proportional to ``column`` (``density_weight``); weighted reservoir keys
-  ``u ** (1 / w)`` (Efraimidis & Spirakis) with ``u`` a hash of the document key and the seed.
+  ``u ** (1 / w)`` (Efraimidis & Spirakis) with ``u`` a hash of the document key and the seed. With
+  ``favour: RUN/gaps-NAME`` (a ``dq-ray gaps`` report) the nearest documents of the under-covered probes weigh
+  ``favour_weight`` (4) times more: ``{kind: density_sample, fraction: 0.6, favour: runs/demo/gaps-questions}``.
 * ``topic_quota``: at most ``max_per_topic`` rows (or ``max_share`` of the remaining rows) per value of
   ``column`` (``topic_id``), the highest ``order_by`` first when given, else a seeded random choice.
 
@@ -47,6 +49,7 @@ config (:mod:`dq_ray.config` imports it to check a job's ``selection:`` block).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,12 +223,20 @@ class DensitySampleRule:
         fraction: or: share of the remaining rows to draw, in (0, 1].
         column: the sampling weight (``density_weight``); a null or non-positive weight is never drawn.
         name: a label for the report.
+        favour: a ``dq-ray gaps`` output (its folder or its ``probes.parquet``): the nearest documents of every
+            probe at or below ``favour_percentile`` of the corpus's density (the under-covered ones) have their
+            weight multiplied by ``favour_weight``, so the sample keeps more of what those probes stand for.
+        favour_weight: the factor for those documents (> 1 favours them, < 1 holds them back).
+        favour_percentile: which probes count as under-covered (10: the corpus's thinnest decile).
     """
 
     size: int | None = None
     fraction: float | None = None
     column: str = "density_weight"
     name: str | None = None
+    favour: str | None = None
+    favour_weight: float = 4.0
+    favour_percentile: float = 10.0
 
     def __post_init__(self) -> None:
         if (self.size is None) == (self.fraction is None):
@@ -234,13 +245,20 @@ class DensitySampleRule:
             raise ValueError("size must be >= 0")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ValueError("fraction must be in (0, 1]")
+        if not (math.isfinite(self.favour_weight) and self.favour_weight > 0):
+            raise ValueError("favour_weight must be a positive number")
+        if not 0 <= self.favour_percentile <= 100:
+            raise ValueError("favour_percentile must be in [0, 100]")
+        if self.favour is not None:
+            favoured_ids(self.favour, self.favour_percentile)  # a missing or foreign file fails here, not later
 
     def columns(self) -> tuple[str, ...]:
-        return (self.column,)
+        return (self.column, "id") if self.favour is not None else (self.column,)
 
     def label(self) -> str:
         what = f"{self.size} docs" if self.size is not None else f"{self.fraction:g}"
-        return self.name or f"density sample {what} by {self.column}"
+        near = f", x{self.favour_weight:g} near thin probes" if self.favour is not None else ""
+        return self.name or f"density sample {what} by {self.column}{near}"
 
     def apply(self, data: _Data, alive: np.ndarray) -> np.ndarray:
         weights, valid = data.values(self.column)
@@ -248,6 +266,10 @@ class DensitySampleRule:
         n_keep = self.size if self.size is not None else round(self.fraction * n_alive)
         cand = np.flatnonzero(alive & valid)
         w = weights[cand].astype(np.float64)
+        if self.favour is not None:
+            ids, _ = data.values("id")
+            near = favoured_ids(self.favour, self.favour_percentile)
+            w = np.where(np.fromiter((str(v) in near for v in ids[cand]), bool, len(cand)), w * self.favour_weight, w)
         cand, w = cand[w > 0], w[w > 0]
         # Efraimidis-Spirakis: keep the n largest u ** (1 / w), i.e. the largest log(u) / w
         u = (data.hash_keys[cand] >> np.uint64(11)).astype(np.float64) / float(1 << 53)
@@ -256,6 +278,34 @@ class DensitySampleRule:
         out = np.zeros(len(alive), dtype=bool)
         out[order[:n_keep]] = True
         return out
+
+
+def favoured_ids(path: str, percentile: float) -> frozenset[str]:
+    """The ``id`` of every nearest document of the probes of a ``dq-ray gaps`` output (``path``: its folder or
+    its ``probes.parquet``) whose density percentile is at most ``percentile``."""
+    file = Path(path).expanduser().resolve()
+    file = file / "probes.parquet" if file.is_dir() else file
+    try:
+        stamp = file.stat().st_mtime_ns
+    except OSError as exc:
+        raise ValueError(f"favour: no dq-ray gaps report at {path} ({exc.strerror})") from exc
+    return _favoured_ids(str(file), stamp, float(percentile))
+
+
+@functools.lru_cache(maxsize=8)
+def _favoured_ids(file: str, stamp: int, percentile: float) -> frozenset[str]:
+    """(Cached per file version: ``stamp`` is its modification time.)"""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file, columns=["density_percentile", "neighbour_ids"])
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise ValueError(f"favour: {file} is not the probes.parquet of a dq-ray gaps report ({exc})") from exc
+    ids: set[str] = set()
+    for pct, near in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+        if pct is not None and pct <= percentile:
+            ids.update(near or ())
+    return frozenset(ids)
 
 
 @dataclass(frozen=True)

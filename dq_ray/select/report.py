@@ -47,7 +47,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dq_ray.select.report_signals import language_blocks, language_summary, pii_blocks, pii_summary
+from dq_ray.select.report_signals import (
+    language_blocks,
+    language_summary,
+    offensive_blocks,
+    offensive_summary,
+    pii_blocks,
+    pii_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ REPETITION_COLUMNS = (
     "heur_dup_5gram_char_frac",
 )
 DEDUP_FLAGS = {"exact": "exact_dup_keep", "near": "minhash_keep", "semantic": "semdedup_keep"}
-SCORE_COLUMNS = ("askllm_score", "askllm_pred", "density_weight", "density_score")
+SCORE_COLUMNS = ("askllm_score", "askllm_pred", "quality_pred", "density_weight", "density_score")
 _DATE_NAME = re.compile(r"date|time|published|created|updated", re.IGNORECASE)
 MAX_TOPIC_BARS = 25
 
@@ -324,6 +331,8 @@ def write_report(
     }
     if "lang" in signals.column_names:
         summary["languages"] = language_summary(signals, after)
+    if "offensive_flag" in signals.column_names:
+        summary["offensive"] = offensive_summary(signals, after)
     if "pii_spans" in signals.column_names:
         summary["pii"] = pii_summary(
             signals, selected_path, bool(getattr(policy, "redact_pii", False)), after_spans=after_spans
@@ -500,6 +509,8 @@ def _sections(s: dict[str, Any], examples: dict[int, list[dict]], steps: list[di
         sections.append(("Languages", language_blocks(s["languages"])))
     if "pii" in s:
         sections.append(("Personal data", pii_blocks(s["pii"])))
+    if "offensive" in s:
+        sections.append(("Offensive language", offensive_blocks(s["offensive"])))
     ex_blocks: list = []
     for i, st in enumerate(steps):
         rows = [[x["id"], x["text"]] for x in examples.get(i, [])]

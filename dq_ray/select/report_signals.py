@@ -1,4 +1,5 @@
-"""The report's sections on signals of single stages: languages (``lang``) and personal data (``pii``).
+"""The report's sections on signals of single stages: languages (``lang``), personal data (``pii``) and offensive
+language (``offensive``).
 
 Plain numbers from the signals the driver read (``docs/``) and from ``selected/`` read back, and the report blocks
 (see :mod:`dq_ray.select.report`) that show them. Only counts and shares: never a matched personal-data value.
@@ -137,3 +138,55 @@ def pii_blocks(p: dict[str, Any]) -> list:
     ]
     rows.append(["documents with personal data", b["documents_with_pii"], a["documents_with_pii"], ""])
     return [("p", note), ("table", ["kind", "spans in docs/", "spans in selected/", "redacted"], rows)]
+
+
+def _offensive_counts(table: pa.Table) -> dict[str, Any]:
+    """Flagged documents, documents with a listed word, and the score's quantiles in ``table``."""
+    names = table.column_names
+    out: dict[str, Any] = {"documents": table.num_rows}
+    if "offensive_flag" in names:
+        flag = table.column("offensive_flag")
+        out["flagged"] = int(pc.sum(pc.fill_null(flag, False)).as_py() or 0)
+        out["not_scored"] = flag.null_count
+    if "offensive_words" in names:
+        out["with_listed_words"] = int(pc.sum(pc.greater(pc.fill_null(table.column("offensive_words"), 0), 0)).as_py())
+    if "offensive_score" in names and table.num_rows:
+        q = pc.quantile(table.column("offensive_score"), q=[0.5, 0.9, 0.99], skip_nulls=True).to_pylist()
+        out["score_quantiles"] = {k: None if v is None else round(v, 4) for k, v in zip(("p50", "p90", "p99"), q)}
+    return out
+
+
+def offensive_summary(signals: pa.Table, after: pa.Table) -> dict[str, Any]:
+    """Offensive language before (``docs/``) and after (``selected/``): flagged documents (``offensive_flag``),
+    documents with a word of the list (``offensive_words`` > 0) and the classifier's score quantiles."""
+    return {"before": _offensive_counts(signals), "after": _offensive_counts(after)}
+
+
+def offensive_blocks(o: dict[str, Any]) -> list:
+    """The report's offensive-language section: counts and shares, never the words found."""
+    b, a = o["before"], o["after"]
+
+    def share(part: dict[str, Any], key: str) -> str:
+        if key not in part:
+            return "n/a"
+        return f"{part[key]:,} ({pct(part[key] / max(part['documents'], 1))})"
+
+    rows = [
+        ["flagged by the classifier (offensive_flag)", share(b, "flagged"), share(a, "flagged")],
+        ["with a word of the list (offensive_words > 0)", share(b, "with_listed_words"), share(a, "with_listed_words")],
+    ]
+    for key in ("p50", "p90", "p99"):
+        rows.append(
+            [
+                f"offensive_score {key}",
+                (b.get("score_quantiles") or {}).get(key, "n/a"),
+                (a.get("score_quantiles") or {}).get(key, "n/a"),
+            ]
+        )
+    note = (
+        "alt-profanity-check's classifier and a word list; both read English. To drop flagged documents: "
+        "{kind: filter, column: offensive_flag, op: is_false}."
+    )
+    if b.get("not_scored"):
+        note += f" {b['not_scored']:,} documents have no score (blank, no letters or an error: see offensive_reason)."
+    return [("p", note), ("table", ["", "docs/", "selected/"], rows)]

@@ -342,6 +342,7 @@ class MinHashDedup(Stage):
     }
     Params = MinHashParams
     default_resources = Resources(num_cpus=1, batch_size=1024)
+    fit_per_document = True  # members.parquet names the documents of this run: an update refits it
 
     # -- fit ----------------------------------------------------------------------------------------------
     def fit(self, data: FitData) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,43 @@ def box_select(page, canvas) -> None:
     page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
     page.mouse.move(x1, y1, steps=5)
     page.mouse.up()
+
+
+# -- text of the map run, for the search tests ------------------------------------------------------------
+
+
+def words(text: str | None) -> list[str]:
+    return re.findall(r"\w+", (text or "").lower())
+
+
+@pytest.fixture(scope="session")
+def doc_texts(map_run) -> list[str | None]:
+    """Every document's whole text, in docs/ order, read from the run's verified inputs."""
+    from dashboards.data_store import RunStore
+
+    store = RunStore(map_run)
+    rows = store.dataset.to_table(columns=["id", "source_file", "source_index"])
+    return store.snippets(rows, chars=10**7)
+
+
+def matching_rows(texts: list[str | None], query: str) -> list[int]:
+    """The rows whose text holds every word of ``query`` (or each word pair of a quoted phrase), by brute force."""
+    q = words(query)
+    if query.startswith('"'):
+        joined = [" " + " ".join(words(t)) + " " for t in texts]
+        pairs = [f" {a} {b} " for a, b in zip(q, q[1:])]
+        return [i for i, j in enumerate(joined) if all(p in j for p in pairs)]
+    return [i for i, t in enumerate(texts) if set(q) <= set(words(t))]
+
+
+def sample_queries(texts: list[str | None]) -> list[str]:
+    """A rare word, a common one, two words together and a phrase: all taken from the corpus itself."""
+    df: dict[str, int] = {}
+    for t in texts:
+        for w in set(words(t)):
+            df[w] = df.get(w, 0) + 1
+    rare = sorted(w for w, n in df.items() if 2 <= n <= 5 and w.isalpha() and len(w) > 5)[0]
+    common = max(df, key=lambda w: (df[w], w))
+    first = next(t for t in texts if t and len(words(t)) > 8)
+    a, b, c = words(first)[3:6]
+    return [rare, common, f"{rare} {common}", f'"{a} {b} {c}"', "zzzqqqnotaword"]

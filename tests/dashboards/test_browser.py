@@ -28,6 +28,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 WAIT_S = 120.0
 WAIT_MS = int(WAIT_S * 1000)
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
+#: written by the first test when DQ_RAY_DOCS_PICTURE is set (how the committed picture was made)
+DOCS_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "map.png"
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs the system Chromium (make test installs it)"
@@ -131,6 +133,8 @@ def test_map_renders_filters_and_box_select_fill_the_table(server):
             second = _new_map_image(page, first)
             assert second != first and _variance(second) > 50
             _shot(page, "02-colour-numeric")
+            if os.environ.get("DQ_RAY_DOCS_PICTURE"):  # the README's picture of the map: docs/map.png
+                page.screenshot(path=str(DOCS_PICTURE), full_page=False)
 
             # move a filter: the lower handle of the first range slider, by keyboard
             handle = page.locator(".dq-filter .noUi-handle-lower").first
@@ -170,3 +174,163 @@ def test_the_server_listens_on_loopback_only(server):
     socket.create_connection(("127.0.0.1", port), timeout=5).close()  # it is up
     with pytest.raises(OSError):  # but not reachable from another interface
         socket.create_connection((other, port), timeout=2).close()
+
+
+# -- search, neighbours and text on hover ---------------------------------------------------------------------
+
+#: The page position of data coordinates ``[x, y]`` on the map's Bokeh figure (its title counts "documents").
+TO_SCREEN_JS = """([x, y]) => {
+  const views = [], seen = new Set();
+  const walk = (v) => { if (v && !seen.has(v)) { seen.add(v); views.push(v); (v.child_views ?? []).forEach(walk); } };
+  for (const root of Bokeh.index.roots) walk(root);
+  const plot = views.find(v => v.model.type === "Figure" && String(v.model.title?.text ?? "").includes("documents"));
+  const rect = plot.canvas_view.el.getBoundingClientRect();
+  return [rect.left + plot.frame.x_scale.compute(x), rect.top + plot.frame.y_scale.compute(y)];
+}"""
+#: The text of Bokeh's visible tooltips (they render inside shadow roots).
+TOOLTIP_JS = """() => [...document.querySelectorAll(".bk-Tooltip")]
+  .filter(t => t.shadowRoot && t.checkVisibility())
+  .map(t => [...t.shadowRoot.children].filter(c => c.tagName !== "STYLE").map(c => c.innerText).join(" "))
+  .join(" ")"""
+
+
+def _open_map(p, server):
+    from playwright.sync_api import expect
+
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server, wait_until="networkidle", timeout=60_000)
+    expect(page.locator(".dq-map canvas").first).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_timeout(1500)  # the first frame arrives over the websocket
+    return browser, page
+
+
+def test_search_marks_and_lists_the_matching_documents(server, doc_texts):
+    from playwright.sync_api import expect, sync_playwright
+
+    from .conftest import matching_rows, sample_queries
+
+    word = sample_queries(doc_texts)[0]
+    n = len(matching_rows(doc_texts, word))
+    with sync_playwright() as p:
+        browser, page = _open_map(p, server)
+        try:
+            before = _map_image(page)
+            box = page.locator(".dq-search input")
+            box.fill(word)
+            box.press("Enter")
+            expect(page.locator(".dq-search-status")).to_contain_text(f"{n:,} documents match", timeout=WAIT_MS)
+            expect(page.locator(".dq-selection")).to_contain_text(f'Search "{word}": {n:,} documents', timeout=WAIT_MS)
+            rows = page.locator(".dq-table .tabulator-row")
+            expect(rows).to_have_count(min(n, 10), timeout=WAIT_MS)
+            snippet = page.locator(".dq-table .tabulator-row .tabulator-cell[tabulator-field='snippet']").first
+            expect(snippet).to_have_text(re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE))
+            assert _new_map_image(page, before) != before  # the hits are ringed on the map
+            _shot(page, "05-search")
+            page.locator(".dq-search-clear button").click()
+            expect(page.locator(".dq-search input")).to_have_value("", timeout=WAIT_MS)
+        finally:
+            browser.close()
+
+
+def test_clicking_a_document_shows_its_nearest_neighbours(server, map_run):
+    from playwright.sync_api import expect, sync_playwright
+
+    from dashboards.data_store import RunStore
+    from dq_ray.vectors import embedding_matrix
+
+    store = RunStore(map_run)
+    x, y = store.xy()
+    d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2
+    np.fill_diagonal(d2, np.inf)
+    row = int(np.argmax(d2.min(axis=1)))  # the most isolated document: a click lands on it alone
+    doc = store.take_rows([row]).to_pylist()[0]
+    e = embedding_matrix(store.dataset.to_table(columns=["embedding"]).column(0))
+    sims = e @ e[row]
+    sims[row] = -np.inf
+    best = np.flatnonzero(sims >= sims.max() - 1e-5)  # exact copies tie: any of them may come first
+    nearest = store.take_rows(best).column("id").to_pylist()
+    nearest_re = re.compile("^(" + "|".join(re.escape(i) for i in nearest) + ")$")
+    with sync_playwright() as p:
+        browser, page = _open_map(p, server)
+        try:
+            sx, sy = page.evaluate(TO_SCREEN_JS, [doc["map_x"], doc["map_y"]])
+            page.mouse.click(sx, sy)
+            title = page.locator(".dq-neighbours-title")
+            expect(title).to_contain_text(f"Neighbours of {doc['id']}", timeout=WAIT_MS)
+            expect(page.locator(".dq-neighbours .tabulator-row")).to_have_count(10, timeout=WAIT_MS)
+            first = page.locator(".dq-neighbours .tabulator-row").first
+            first_id = first.locator(".tabulator-cell[tabulator-field='id']")
+            expect(first_id).to_have_text(nearest_re)
+            _shot(page, "06-neighbours")
+            clicked = first_id.text_content().strip()
+            first_id.click()  # a row of the table: its own neighbours
+            expect(title).to_contain_text(f"Neighbours of {clicked}", timeout=WAIT_MS)
+        finally:
+            browser.close()
+
+
+def test_hovering_a_document_shows_its_id_signals_and_text(server, map_run):
+    from playwright.sync_api import sync_playwright
+
+    from dashboards.data_store import RunStore
+
+    store = RunStore(map_run)
+    x, y = store.xy()
+    d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2
+    np.fill_diagonal(d2, np.inf)
+    row = int(np.argmax(d2.min(axis=1)))  # alone in its pixel: the tooltip can only name this one
+    doc = store.take_rows([row])
+    doc_id = doc.column("id")[0].as_py()
+    start = " ".join(store.snippets(doc, 40)[0].split()[:3])
+    with sync_playwright() as p:
+        browser, page = _open_map(p, server)
+        try:
+            sx, sy = page.evaluate(TO_SCREEN_JS, [float(x[row]), float(y[row])])
+            text, deadline = "", time.time() + WAIT_S
+            while doc_id not in text and time.time() < deadline:
+                # the server answers a hover with that pixel's document; the tooltip shows it on the next move
+                page.mouse.move(sx + 1, sy)
+                page.mouse.move(sx, sy)
+                page.wait_for_timeout(500)
+                text = page.evaluate(TOOLTIP_JS)
+            _shot(page, "07-hover")
+            assert doc_id in text, text
+            assert start in text  # the beginning of its text
+            assert "heur_n_words" in text and str(doc.column("heur_n_words")[0].as_py()) in text
+        finally:
+            browser.close()
+
+
+def test_export_writes_the_documents_passing_the_filters(server, map_run):
+    """The map's Export writes RUN/exports/<name>/ (data, card) with exactly the documents the counts show; a
+    name that would leave the folder, or one already used, is refused."""
+    import pandas as pd
+    from playwright.sync_api import expect, sync_playwright
+
+    name = f"browser-{os.getpid()}"
+    with sync_playwright() as p:
+        browser, page = _open_map(p, server)
+        try:
+            counts = page.locator(".dq-counts")
+            expect(counts).to_contain_text("of", timeout=WAIT_MS)
+            shown = int(page.locator(".dq-counts strong").first.text_content().replace(",", ""))  # **N** of M
+            field, status = page.locator(".dq-export-name input"), page.locator(".dq-export-status")
+            field.fill("../outside")
+            field.press("Enter")
+            page.locator(".dq-export button").click()
+            expect(status).to_contain_text("Not exported", timeout=WAIT_MS)
+            field.fill(name)
+            field.press("Enter")
+            page.locator(".dq-export button").click()
+            expect(status).to_contain_text(f"Exported {shown:,} documents", timeout=WAIT_MS)
+            page.locator(".dq-export button").click()  # the same name again: never overwritten
+            expect(status).to_contain_text("exists already", timeout=WAIT_MS)
+            _shot(page, "08-export")
+        finally:
+            browser.close()
+    out = map_run / "exports" / name
+    frame = pd.read_parquet(out / "data")
+    assert len(frame) == shown and {"id", "source_file", "source_index"} <= set(frame.columns)
+    assert "the map's filters" in (out / "README.md").read_text()
+    assert not (map_run.parent / "outside").exists()

@@ -107,3 +107,27 @@ def test_refuses_bad_input(run, probes, tmp_path):
     (no_density / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="gaps needs the embed and density stages"):
         find_gaps(str(no_density), str(probes))
+
+
+def test_density_sampling_favours_the_neighbours_of_thin_probes(run, probes, tmp_path):
+    """``density_sample`` with ``favour:`` keeps more of the documents nearest the under-covered probes."""
+    from dq_ray.errors import ConfigError
+    from dq_ray.select.policy import evaluate, favoured_ids, parse_policy
+
+    out = tmp_path / "gaps"
+    find_gaps(str(run), str(probes), output=str(out), k=3)
+    near = favoured_ids(str(out), 10.0)
+    foreign = [p for p in json.loads((out / "gaps.json").read_text())["probes"] if p["probe_id"].startswith("de-")]
+    assert near == {d["id"] for p in foreign for d in p["neighbours"]}  # only the thin probes' neighbours
+    docs = pq.read_table(run / "docs", columns=["id", "source_file", "source_index", "density_weight"])
+
+    def kept_near(extra: dict) -> int:
+        rule = {"kind": "density_sample", "fraction": 0.3, **extra}
+        ev = evaluate(parse_policy({"seed": 3, "rules": [rule]}), docs)
+        return sum(i in near for i, k in zip(docs.column("id").to_pylist(), ev.kept) if k)
+
+    plain, favoured = kept_near({}), kept_near({"favour": str(out), "favour_weight": 50.0})
+    assert favoured > plain and favoured >= 0.8 * len(near), (plain, favoured, len(near))
+    assert kept_near({"favour": str(out / "probes.parquet"), "favour_weight": 50.0}) == favoured
+    with pytest.raises(ConfigError, match="no dq-ray gaps report"):
+        parse_policy({"rules": [{"kind": "density_sample", "fraction": 0.3, "favour": str(tmp_path / "none")}]})

@@ -49,6 +49,9 @@ def test_export_parquet_with_text_reads_in_pandas_and_datasets(finished_run, tin
 
     hf = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), cache_dir=str(tmp_path / "hf"))
     assert hf["train"].num_rows == docs.num_rows and "text" in hf["train"].column_names
+    # the folder alone: datasets finds the data files from the card's YAML header (configs: data_files)
+    by_card = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-card"))
+    assert by_card["train"].num_rows == docs.num_rows and set(by_card["train"].column_names) == set(frame.columns)
 
     card = (out / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and 'path: "data/part-*.parquet"' in card

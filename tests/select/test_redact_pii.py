@@ -32,6 +32,9 @@ VALUES = {
     "national_id": "078-05-1120",
 }
 
+#: offensive sentences appended to two documents without personal data (the report's offensive-language section)
+SWEARING = {1: "What a fucking shitty mess, you stupid idiots.", 3: "Shut up, you fucking moron, this is shit."}
+
 
 @pytest.fixture(scope="module")
 def redacted_run(ray_local, tmp_path_factory):
@@ -47,6 +50,8 @@ def redacted_run(ray_local, tmp_path_factory):
             cut = text.index(". ") + 2 if 0 < text.find(". ") < 150 else 0
             text = f"{text[:cut]}Contact: {VALUES[kind]} {text[cut:]}"
             truth[f"w{i}"] = (kind, cut + len("Contact: "), cut + len("Contact: ") + len(VALUES[kind]))
+        elif i in SWEARING:
+            text = f"{text} {SWEARING[i]}"
         docs.append({"id": f"w{i}", "text": text})
     for lang in ("fr", "es"):
         docs += [{"id": f"{lang}{k}", "text": d["text"]} for k, d in enumerate(language_docs("wikipedia", lang)[:2])]
@@ -55,7 +60,7 @@ def redacted_run(ray_local, tmp_path_factory):
     cfg = {
         "input": {"paths": [str(root / "docs.jsonl")]},
         "output": {"path": str(root / "run")},
-        "stages": [{"name": "lang"}, {"name": "pii"}],
+        "stages": [{"name": "lang"}, {"name": "pii"}, {"name": "offensive"}],
         "selection": {
             "rules": [{"kind": "filter", "column": "pii_kinds", "op": "not_in", "value": ["email"]}],
             "redact_pii": True,
@@ -114,6 +119,15 @@ def test_no_value_reaches_manifest_selection_or_report(redacted_run):
     assert set(langs["before"]) == {"en", "fr", "es"} and langs["before"]["en"] == pytest.approx(40 / 44, abs=1e-6)
     assert langs["heur_mismatch"] == 4 == langs["heur_mismatch_after"]
     assert "## Languages" in report
+    # offensive language: the counts are the docs/ and selected/ columns' own (no e-mail document is offensive)
+    off = summary["offensive"]
+    docs = pq.read_table(run / "docs", columns=["id", "offensive_flag", "offensive_words"]).to_pylist()
+    flagged = {d["id"] for d in docs if d["offensive_flag"]}
+    assert {f"w{i}" for i in SWEARING} <= flagged
+    assert off["before"]["flagged"] == len(flagged) == off["after"]["flagged"]
+    assert off["before"]["with_listed_words"] == sum(1 for d in docs if d["offensive_words"]) >= len(SWEARING)
+    assert off["before"]["documents"] == 44 and off["after"]["documents"] == 40
+    assert "## Offensive language" in report and "offensive_flag" in report
 
 
 def test_redact_pii_needs_the_pii_stage():

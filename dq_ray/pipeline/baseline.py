@@ -45,6 +45,7 @@ from dq_ray.io.baseline import (
     MANIFEST_KEY,
     Baseline,
     BaselineError,
+    docs_files,
     format_differences,
     input_differences,
     open_baseline,
@@ -326,7 +327,7 @@ def mark_cross_run_duplicates(bp: BaselinePlan, run: RunDir) -> dict[str, Any]:
     """Rewrite the update's ``docs/`` files with :data:`IN_BASELINE` and, for its documents whose text the
     baseline holds, ``exact_dup_count`` counting the baseline's copies and (``keep: old``) ``exact_dup_keep``
     false. Idempotent: a file that has the column already is left as it is."""
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    files = docs_files(run)
     if not bp.hashed or not files:
         return {"exact_duplicates": None, "reason": "the baseline or the update has no exact_dedup"}
     with run.fs.open(files[0], "rb") as fh:
@@ -337,30 +338,15 @@ def mark_cross_run_duplicates(bp: BaselinePlan, run: RunDir) -> dict[str, Any]:
     value_counts = pc.value_counts(old.column(HASH_COLUMN))
     old_keys = value_counts.field("values")
     old_counts = value_counts.field("counts").to_numpy()
-    found = 0
-    for path in files:
-        with run.fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        if IN_BASELINE in table.column_names:
-            found += int(pc.sum(table.column(IN_BASELINE)).as_py() or 0)
-            continue
+
+    def mark(table: pa.Table) -> tuple[np.ndarray, dict[str, pa.Array]]:
         where = pc.index_in(table.column(HASH_COLUMN), value_set=old_keys)
         hit = where.is_valid().to_numpy(zero_copy_only=False)
-        idx = pc.fill_null(where, 0).to_numpy()
-        extra = np.where(hit, old_counts[idx], 0)
+        extra = np.where(hit, old_counts[pc.fill_null(where, 0).to_numpy()], 0)
         count = table.column("exact_dup_count").to_numpy() + extra
-        keep = table.column("exact_dup_keep").to_numpy(zero_copy_only=False)
-        if bp.options.keep == "old":
-            keep = keep & ~hit
-        table = table.set_column(
-            table.schema.get_field_index("exact_dup_count"), "exact_dup_count", pa.array(count, pa.int64())
-        )
-        table = table.set_column(
-            table.schema.get_field_index("exact_dup_keep"), "exact_dup_keep", pa.array(keep, pa.bool_())
-        )
-        table = table.append_column(IN_BASELINE, pa.array(hit, pa.bool_()))
-        run.write_parquet_atomic(posixpath.relpath(path, run.root), table)
-        found += int(hit.sum())
+        return hit, {"exact_dup_count": pa.array(count, pa.int64())}
+
+    found = _mark_docs(run, files, IN_BASELINE, "exact_dup_keep", bp.options.keep == "old", mark)
     log.info("%d new document(s) copy a baseline document (keep: %s)", found, bp.options.keep)
     return {"exact_duplicates": found, "keep": bp.options.keep}
 
@@ -384,25 +370,38 @@ def mark_cross_run_near_duplicates(bp: BaselinePlan, run: RunDir) -> int:
     art = run.sub("artifacts/minhash")
     digests = verify_artifacts(art)
     members = pq.read_table(pa.BufferReader(read_trusted(art, "members.parquet", digests)))
-    files = sorted(run.fs.glob(f"{run.root}/docs/**/*.parquet"))
+    files = docs_files(run)
     new_files = pads.dataset(files, filesystem=run.fs, format="parquet").to_table(columns=["source_file"])
     new_names = pc.unique(new_files.column("source_file"))
     old = pc.invert(pc.is_in(members.column("source_file"), value_set=new_names))
     groups = pc.unique(members.filter(old).column("minhash_group"))
+
+    def mark(table: pa.Table) -> tuple[np.ndarray, dict[str, pa.Array]]:
+        return pc.is_in(table.column("minhash_group"), value_set=groups).to_numpy(zero_copy_only=False), {}
+
+    found = _mark_docs(run, files, NEAR_IN_BASELINE, "minhash_keep", bp.options.keep == "old", mark)
+    log.info("%d new document(s) are near-duplicates of baseline documents (keep: %s)", found, bp.options.keep)
+    return found
+
+
+def _mark_docs(run: RunDir, files: list[str], marker: str, keep_column: str, keep_old: bool, mark) -> int:
+    """Rewrite each ``docs/`` file with the flag column ``marker`` (``mark(table)`` returns the rows to flag and
+    the columns to replace) and, with ``keep_old``, ``keep_column`` false on the flagged rows; return how many
+    rows are flagged. Idempotent: a file that has ``marker`` already is counted, not rewritten."""
     found = 0
     for path in files:
         with run.fs.open(path, "rb") as fh:
             table = pq.read_table(fh)
-        if NEAR_IN_BASELINE in table.column_names:
-            found += int(pc.sum(table.column(NEAR_IN_BASELINE)).as_py() or 0)
+        if marker in table.column_names:
+            found += int(pc.sum(table.column(marker)).as_py() or 0)
             continue
-        hit = pc.is_in(table.column("minhash_group"), value_set=groups).to_numpy(zero_copy_only=False)
-        if bp.options.keep == "old":
-            keep = table.column("minhash_keep").to_numpy(zero_copy_only=False) & ~hit
-            i = table.schema.get_field_index("minhash_keep")
-            table = table.set_column(i, "minhash_keep", pa.array(keep, pa.bool_()))
-        table = table.append_column(NEAR_IN_BASELINE, pa.array(hit, pa.bool_()))
+        hit, columns = mark(table)
+        if keep_old:
+            keep = table.column(keep_column).to_numpy(zero_copy_only=False) & ~hit
+            columns = {**columns, keep_column: pa.array(keep, pa.bool_())}
+        for name, values in columns.items():
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+        table = table.append_column(marker, pa.array(hit, pa.bool_()))
         run.write_parquet_atomic(posixpath.relpath(path, run.root), table)
         found += int(hit.sum())
-    log.info("%d new document(s) are near-duplicates of baseline documents (keep: %s)", found, bp.options.keep)
     return found

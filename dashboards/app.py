@@ -97,9 +97,12 @@ def create_app(run_dir: str, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> pn.v
     tabs.jscallback(active=ARIA_TABS_JS)
     if pn.state.curdoc is not None:
         pn.state.curdoc.js_on_event("document_ready", CustomJS(code=ARIA_TABS_JS))
+    baselines = ""
+    if store.view.is_update:  # an update, shown with the runs it was made on
+        baselines = f" (this run and its baselines {', '.join(store.view.baselines)}: colour by `run`)"
     header = pn.pane.Markdown(
         f"# dq-ray map — `{os.path.basename(store.root)}`\n"
-        f"{store.num_rows:,} documents · coordinates: {store.projection}"
+        f"{store.num_rows:,} documents{baselines} · coordinates: {store.projection}"
     )
     doc = None
     if pn.state.curdoc is not None and pn.state.session_args:

@@ -24,6 +24,9 @@ projects the ``embedding`` column onto its first two principal components (fitte
 :data:`PCA_FIT_ROWS` rows), or, without embeddings, plots the first two numeric signals against each other.
 ``RunStore.projection`` says which one is shown.
 
+An update (a run made with ``--baseline``) is shown with its baselines' documents as one corpus, a categorical
+``run`` column naming the run of each (:mod:`dashboards.runs_view`; in memory only, not on a prepared map).
+
 For corpora beyond memory, ``dq-ray dashboard-prepare RUN`` writes ``RUN/dashboard/`` (see
 :mod:`dashboards.pyramid`); the store then renders zoomed-out views from the pyramid and zoomed-in views from
 the tiles in view, and computes filters, histograms and counts on the prepared uniform sample.
@@ -35,7 +38,6 @@ import functools
 import json
 import logging
 import os
-import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -45,11 +47,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dashboards.geometry import geometry_mask, pca_projection, points_in_polygon  # noqa: F401 (re-exported)
 from dashboards.inputs import InputReceipt, RunInputs, RunPathError, read_records  # noqa: F401 (re-exported)
+from dashboards.runs_view import open_view, read_receipts, read_run_file, run_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ SNIPPET_CHARS = 300
 NONE_LABEL = "(none)"
 OTHER_LABEL = "other"
 
-_CATEGORY_NAMES = ("source", "topic_id", "topic_coarse_id", "lang", "pii_kinds")
+_CATEGORY_NAMES = ("source", "topic_id", "topic_coarse_id", "lang", "pii_kinds", "run")
 _CATEGORY_SUFFIXES = ("_cluster", "_reason", "_label")
 _NOT_SIGNALS = {"id", "source_file", "source_index", "text", "map_x", "map_y", "embedding"}
 
@@ -174,8 +176,6 @@ class RunStore:
         docs = self.path("docs")
         if not os.path.isdir(docs):
             raise FileNotFoundError(f"{run_dir} has no docs/ (status: {self.manifest.get('status')})")
-        self.dataset = pads.dataset(docs, format="parquet")
-        self.columns = discover_columns(self.dataset.schema)
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_bytes = 0
@@ -189,6 +189,10 @@ class RunStore:
                 log.warning(
                     "%s was prepared from an earlier run; ignored (run dq-ray dashboard-prepare again)", run_dir
                 )
+        #: the run's docs/, with its baselines' (and a ``run`` column) for an update shown in memory
+        self.view = open_view(self.root, self.manifest, own_only=self.prepared is not None)
+        self.dataset = self.view.dataset
+        self.columns = discover_columns(self.dataset.schema)
         self.num_rows = self.prepared.num_rows if self.prepared else self.dataset.count_rows()
         self.projection = "map_x / map_y"
         #: the map's axis labels: the columns (or components) plotted
@@ -212,39 +216,17 @@ class RunStore:
 
     def path(self, *parts: str) -> str:
         """The real path of ``parts`` under the run directory; :class:`RunPathError` if it leaves it."""
-        for p in parts:
-            if not isinstance(p, str) or "\x00" in p or os.path.isabs(p):
-                raise RunPathError(f"not a relative path inside the run: {p!r}")
-        full = os.path.realpath(os.path.join(self.root, *parts))
-        if full != self.root and not full.startswith(self.root + os.sep):
-            raise RunPathError(f"{os.path.join(*parts)!r} is outside the run directory")
-        return full
+        return run_path(self.root, *parts)
 
     def _read_bytes(self, *parts: str) -> bytes:
         """The bytes of a regular file inside the run (:class:`RunPathError` for a FIFO, device or directory)."""
-        full = self.path(*parts)
-        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once, and is refused
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RunPathError(f"{os.path.join(*parts)!r} is not a regular file")
-            return fh.read()
+        return read_run_file(self.root, *parts)
 
     def inputs(self) -> RunInputs:
-        """The input files the run read, from its receipts in ``_shards/`` (read once; see :class:`RunInputs`)."""
+        """The input files the run (and, for an update, its baselines) read, from the receipts in ``_shards/``
+        (read once; see :class:`RunInputs`)."""
         if self._inputs is None:
-            found = []
-            shards = self.path("_shards")
-            for name in sorted(os.listdir(shards)) if os.path.isdir(shards) else []:
-                if not name.endswith(".json"):
-                    continue
-                try:
-                    receipt = InputReceipt.parse(json.loads(self._read_bytes("_shards", name)))
-                except (OSError, ValueError) as exc:  # RunPathError is a ValueError
-                    log.warning("ignoring receipt _shards/%s of %s: %s", name, self.root, exc)
-                    continue
-                if receipt is not None:  # else a completion marker, not a receipt
-                    found.append(receipt)
-            self._inputs = RunInputs(found)
+            self._inputs = RunInputs([r for root in self.view.roots for r in read_receipts(root)])
         return self._inputs
 
     def allowed_inputs(self) -> set[str]:

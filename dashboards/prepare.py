@@ -23,9 +23,9 @@ from dashboards.geometry import fit_pca
 from dashboards.neighbours import NEIGHBOURS_DIR
 from dashboards.neighbours import build_index as build_neighbour_index
 from dashboards.pyramid import (
-    DEFAULT_BASE_LEVEL,
     DEFAULT_SAMPLE_ROWS,
     PREPARED_DIR,
+    base_level_for,
     grid_index,
     run_started_at,
     tile_level_for,
@@ -37,17 +37,25 @@ from dq_ray.vectors import to_matrix
 
 log = logging.getLogger(__name__)
 
+#: Rows per pass of the tile shuffle: above it the tiles are written in several passes, each over a contiguous
+#: range of tiles, so the shuffle's footprint (object store, spilled to disk) stays about this many rows.
+PASS_ROWS = 100_000_000
+
 
 def prepare(
     run_dir: str,
-    base_level: int = DEFAULT_BASE_LEVEL,
+    base_level: int | None = None,
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     tile_level: int | None = None,
     overwrite: bool = True,
     search: bool = True,
     neighbours: bool = True,
+    pass_rows: int = PASS_ROWS,
 ) -> dict[str, Any]:
     """Write ``RUN/dashboard/`` for ``run_dir`` with Ray Data (Ray must already be initialised).
+
+    ``base_level`` defaults to :func:`~dashboards.pyramid.base_level_for` the row count; the tiles are shuffled
+    in passes of about ``pass_rows`` rows (:func:`tile_passes`), so disk and memory stay bounded at any size.
 
     With ``search``, also the full-text index of the map's search box (:mod:`dashboards.search`); with
     ``neighbours``, the signed FAISS index of a clicked document's neighbours (:mod:`dashboards.neighbours`).
@@ -87,6 +95,8 @@ def prepare(
             (min(r["y_min"] for r in parts), max(r["y_max"] for r in parts)),
         )
     x_range, y_range = _pad(*extent[0]), _pad(*extent[1])
+    if base_level is None:
+        base_level = base_level_for(num_rows)
     if tile_level is None:
         tile_level = tile_level_for(num_rows)
     tile_level = min(tile_level, base_level)
@@ -119,18 +129,28 @@ def prepare(
         if level:
             grids = {k: _halve(g) for k, g in grids.items()}
 
-    # points: hash-partitioned by tile, sorted by the fine key inside each tile
+    # points: hash-partitioned by tile, sorted by the fine key inside each tile; in passes over tile ranges
     n_tiles = 4**tile_level
-    blocks = max(1, min(n_tiles, max(ray.cluster_resources().get("CPU", 1) * 2, num_rows // 2_000_000)))
-    keyed = ds.map_batches(
-        _add_keys,
-        fn_kwargs={"extent": extent, "tile_level": tile_level, "base_level": base_level},
-        batch_format="pyarrow",
-    )
-    if n_tiles > 1:
-        keyed = keyed.repartition(int(blocks), keys=["tile"])
-    keyed = keyed.map_batches(_sort_block, batch_format="pyarrow", batch_size=None)
-    keyed.write_parquet(os.path.join(out, "points"), partition_cols=["tile"])
+    passes = tile_passes(tile_counts(count, base_level, tile_level), pass_rows)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    for lo, hi, rows in passes:
+        keyed = ds.map_batches(
+            _add_keys,
+            fn_kwargs={
+                "extent": extent,
+                "tile_level": tile_level,
+                "base_level": base_level,
+                "tiles": None if len(passes) == 1 else (lo, hi),
+            },
+            batch_format="pyarrow",
+        )
+        if n_tiles > 1:
+            blocks = max(1, min(hi - lo + 1, max(cpus * 2, rows // 2_000_000)))
+            keyed = keyed.repartition(int(blocks), keys=["tile"])
+        keyed = keyed.map_batches(_sort_block, batch_format="pyarrow", batch_size=None)
+        keyed.write_parquet(os.path.join(out, "points"), partition_cols=["tile"])
+        if len(passes) > 1:
+            log.info("tiles %d..%d written (%d rows)", lo, hi, rows)
 
     # a uniform sample for filters, histograms and counts
     fraction = min(1.0, sample_rows / max(num_rows, 1))
@@ -150,6 +170,7 @@ def prepare(
         "y_range": list(y_range),
         "base_level": base_level,
         "tile_level": tile_level,
+        "tile_passes": len(passes),
         "signals": signals,
         "flags": list(cols.flags),
         "categorical": list(cols.categorical),
@@ -256,12 +277,41 @@ def _partial_cells(batch: pa.Table, extent: dict, level: int, signals: list[str]
     return pa.table(out)
 
 
-def _add_keys(batch: pa.Table, extent: dict, tile_level: int, base_level: int) -> pa.Table:
+def tile_counts(count: np.ndarray, base_level: int, tile_level: int) -> np.ndarray:
+    """Rows per tile (indexed by the tile's Z-order key) from the flat base-level count grid."""
+    size = 1 << base_level
+    shift = base_level - tile_level
+    iy, ix = np.divmod(np.arange(size * size), size)
+    keys = zorder(ix >> shift, iy >> shift).astype(np.int64)
+    return np.bincount(keys, weights=count, minlength=4**tile_level).astype(np.int64)
+
+
+def tile_passes(per_tile: np.ndarray, pass_rows: int) -> list[tuple[int, int, int]]:
+    """Contiguous tile-key ranges ``(first, last, rows)`` of at most ``pass_rows`` rows each (a tile is never
+    split, so one larger tile makes a pass of its own). Nearby tiles have nearby keys, so a pass is a region."""
+    passes: list[tuple[int, int, int]] = []
+    lo, rows = 0, 0
+    for key, n in enumerate(per_tile.tolist()):
+        if rows and rows + n > pass_rows:
+            passes.append((lo, key - 1, rows))
+            lo, rows = key, 0
+        rows += n
+    passes.append((lo, len(per_tile) - 1, rows))
+    return passes
+
+
+def _add_keys(
+    batch: pa.Table, extent: dict, tile_level: int, base_level: int, tiles: tuple[int, int] | None = None
+) -> pa.Table:
+    """The tile and fine Z-order keys of each row; with ``tiles`` (first, last), only the rows of those tiles."""
     x, y = _floats(batch.column("map_x")), _floats(batch.column("map_y"))
     fx, fy = grid_index(x, *extent["x_range"], base_level), grid_index(y, *extent["y_range"], base_level)
     shift = base_level - tile_level
     tile = zorder(fx >> shift, fy >> shift).astype(np.int64)
     fine = zorder(fx, fy).astype(np.int64)
+    if tiles is not None:
+        keep = (tile >= tiles[0]) & (tile <= tiles[1])
+        batch, tile, fine = batch.filter(pa.array(keep)), tile[keep], fine[keep]
     return batch.append_column("tile", pa.array(tile)).append_column("zkey", pa.array(fine))
 
 

@@ -30,7 +30,11 @@ from dashboards import hover as hv_hover
 from dashboards.data_store import MAX_CATEGORIES, NONE_LABEL, OTHER_LABEL, Filters, RunStore
 
 #: Above this many documents in view, a prepared run renders filtered/categorical views from its sample.
-MAX_TILE_POINTS = 20_000_000
+#: At most this many documents in view are rasterized from the tiles (about a second here). Above it an unfiltered
+#: count or mean frame takes the base pyramid level even with cells up to COARSE_CELL_PX pixels wide, and a
+#: filtered or categorical frame comes from the uniform sample, counts scaled to the corpus.
+MAX_TILE_POINTS = 1_000_000
+COARSE_CELL_PX = 16
 
 #: Category colours (Tableau 20 reordered for contrast); "other" and "(none)" are grey.
 PALETTE = [
@@ -290,6 +294,8 @@ def _from_tiles(store, x_range, y_range, width, height, colour_by, kind, filters
 def _from_pyramid(store, x_range, y_range, width, height, colour_by) -> Frame | None:
     prepared = store.prepared
     level = prepared.level_for(x_range, y_range, width, height)
+    if level is None and prepared.rows_in_view(x_range, y_range) > MAX_TILE_POINTS:
+        level = prepared.level_for(x_range, y_range, width, height, max_cell_px=COARSE_CELL_PX)
     if level is None:
         return None
     sy, sx, xs, ys = prepared.window(level, x_range, y_range)

@@ -21,6 +21,7 @@ from dashboards.data_store import NONE_LABEL, Filters, RunStore
 from dashboards.export_panel import ExportPanel
 from dashboards.find import FindPanel
 from dashboards.hover import hover_signals, tooltips, wrap_tooltip
+from dashboards.probes_layer import ProbeLayer
 from dashboards.render import Frame, render
 from dashboards.tabs import format_count, format_decimal, summary_tab, topics_tab  # noqa: F401 (the app's tabs)
 from dashboards.whatif import Policy, build_policy, evaluate_policy
@@ -94,6 +95,7 @@ class MapExplorer:
             w.param.watch(self._bump, "value")
         self.colour.param.watch(self._rebuild_map, "value")
         self.find = FindPanel(store, self.show_selection)
+        self.probes = ProbeLayer(store)  # the probes of a dq-ray gaps report, when the run has one
 
         self.map_pane = pn.pane.HoloViews(
             self._make_map(), sizing_mode="stretch_width", height=MAP_HEIGHT, min_width=360, css_classes=["dq-map"]
@@ -240,7 +242,7 @@ class MapExplorer:
         hv.streams.BoundsXY(source=dmap).add_subscriber(self._on_box)
         hv.streams.Lasso(source=dmap).add_subscriber(self._on_lasso)
         hv.streams.Tap(source=dmap).add_subscriber(self._on_tap)
-        return dmap * self.find.overlay()
+        return dmap * self.find.overlay() * self.probes.overlay()
 
     def _rebuild_map(self, *_: Any) -> None:
         # ImageStack and Image cannot share one DynamicMap: a new map for a new kind of colouring
@@ -283,6 +285,10 @@ class MapExplorer:
             return
         xr, _ = self.store.bounds()
         radius = (xr[1] - xr[0]) / 150
+        probe = self.probes.pick(x, y, 2 * radius)
+        if probe is not None:  # a click on a probe lists its nearest documents
+            self.probes.show_probe(probe)
+            return
         total, rows = self.store.nearest(x, y, radius, self.current_filters())
         self.show_selection(total, rows)
         if rows.num_rows:  # the document nearest the click: its neighbours
@@ -366,6 +372,7 @@ class MapExplorer:
         sidebar = pn.Column(
             self.find.panel(),
             self.colour,
+            self.probes.sidebar(),
             pn.pane.Markdown("### Filters"),
             self.more,
             self.range_box,
@@ -391,6 +398,7 @@ class MapExplorer:
             self.table,
             self.find.neighbours_title,
             self.find.neighbours_table,
+            self.probes.main,
             sizing_mode="stretch_width",
             css_classes=["dq-main"],
         )

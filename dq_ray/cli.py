@@ -375,11 +375,18 @@ def dashboard(run_dir: str, port: int, address: str, origins, show: bool, verbos
 
 @main.command("dashboard-prepare")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--base-level", default=10, show_default=True, help="Finest pyramid level (a 2^L x 2^L grid).")
+@click.option(
+    "--base-level",
+    default=None,
+    type=int,
+    help="Finest pyramid level (a 2^L x 2^L grid; default 10; 11 above 25M documents, 12 above 100M).",
+)
 @click.option("--sample-rows", default=1_000_000, show_default=True, help="Rows of the uniform sample.")
 @click.option("--tile-level", default=None, type=int, help="Tile grid level (default: ~250k rows per tile).")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging (and Ray's own logs).")
-def dashboard_prepare(run_dir: str, base_level: int, sample_rows: int, tile_level: int | None, verbose: bool) -> None:
+def dashboard_prepare(
+    run_dir: str, base_level: int | None, sample_rows: int, tile_level: int | None, verbose: bool
+) -> None:
     """Write RUN/dashboard/ (spatial tiles + pyramid) so the map scales beyond memory (a Ray Data job)."""
     from dashboards.prepare import prepare
     from dq_ray.config import RayConfig

@@ -154,6 +154,12 @@ class Stage:
     def needs_fit(cls) -> bool:
         return cls.fit is not Stage.fit
 
+    @staticmethod
+    def extends_prior_fit(digests: dict[str, str]) -> bool:
+        """For a ``fit_per_document`` stage: whether an update's fit can extend the baseline's fit, whose
+        verified artifact files are ``digests``, instead of re-reading the baseline's documents."""
+        return False
+
     def fit(self, data: FitData) -> dict[str, Any]:
         """Fit global state on the upstream data, write it into ``data.artifacts_dir``; return manifest info.
 

@@ -20,8 +20,14 @@ An update scores the new documents only, in the baseline's fitted world, and rea
    ``exact_dup_in_baseline = true``, its ``exact_dup_count`` counts the baseline copies too, and with
    ``keep: old`` (the default) ``exact_dup_keep`` is false, so the baseline's copy stays; ``keep: both`` flags
    without changing ``exact_dup_keep``. **Near duplicates**: MinHash is fitted over the new documents and the
-   baseline's (re-read from its input files, :class:`BaselineFitData`); a new document whose group holds a
-   baseline document gets ``minhash_in_baseline = true`` (and, with ``keep: old``, ``minhash_keep`` false).
+   baseline's: the baseline fit's band rows when it kept them (:class:`PriorFitData`; only the new documents are
+   hashed), else its documents re-read from its input files (:class:`BaselineFitData`); a new document whose
+   group holds a baseline document gets ``minhash_in_baseline = true`` (and, with ``keep: old``,
+   ``minhash_keep`` false).
+   **Semantic duplicates**: with the baseline's SemDeDup centroids, each new document is compared with the
+   baseline's documents of its cluster (:func:`mark_cross_run_semantic_duplicates`); a new document within the
+   threshold of one, and the rest of its SemDeDup group, gets ``semdedup_in_baseline = true``,
+   ``semdedup_baseline_of`` (the old document's key) and, with ``keep: old``, ``semdedup_keep`` false.
 5. **One corpus**: the manifest's ``baseline`` block names the baseline; ``dq-ray select`` and ``dq-ray export``
    read ``docs/`` of the update and of its baselines (:mod:`dq_ray.io.baseline`), never copying old Parquet.
 """
@@ -55,8 +61,9 @@ from dq_ray.io.baseline import (
     view_schema,
 )
 from dq_ray.pipeline.cache import TEXT_HASH, cached_rows, write_cache
-from dq_ray.stage import Stage
+from dq_ray.stage import KEY_COLUMNS, Stage
 from dq_ray.stages.exact_dedup import text_hash
+from dq_ray.stages.semdedup import SemDedupParams, document_keys, embedding_matrix, nearest_in_clusters
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,12 @@ HASH_COLUMN = "exact_dup_group"
 CACHE_DIR = "artifacts/_baseline_cache"
 #: The column an update with ``minhash`` adds: the document is a near-duplicate of a baseline document.
 NEAR_IN_BASELINE = "minhash_in_baseline"
+#: The columns an update with ``semdedup`` adds: a semantic duplicate of a baseline document, and that document's key.
+SEMANTIC_IN_BASELINE = "semdedup_in_baseline"
+SEMANTIC_BASELINE_OF = "semdedup_baseline_of"
+#: New documents whose embeddings the semantic search holds at once; the baseline's documents of their clusters
+#: are read once per such chunk of the update (batch by batch), never all at once.
+SEARCH_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -226,6 +239,36 @@ class BaselineFitData:
         return new.union(*parts) if parts else new
 
 
+class PriorFitData:
+    """The fit data of a ``fit_per_document`` stage whose baseline fit kept what an update needs to extend it
+    (``Stage.extends_prior_fit``: MinHash's band rows): the new documents, and ``prior_artifacts``, the
+    baseline's verified artifact folder and digests."""
+
+    def __init__(self, data: Any, path: str, digests: dict[str, str]) -> None:
+        self.data, self.artifacts_dir = data, data.artifacts_dir
+        self.prior_artifacts = (path, digests)
+
+    def num_rows(self) -> int:
+        return self.data.num_rows()
+
+    def sample(self, columns: Any, n: int, seed: int = 0) -> pa.Table:
+        return self.data.sample(columns, n, seed)
+
+    def dataset(self, columns: Any = None) -> Any:
+        return self.data.dataset(columns)
+
+
+def _per_document_fit_data(stage: Stage, base: Baseline) -> Any:
+    """How an update feeds a fit that lists documents: the baseline fit extended (:class:`PriorFitData`) when
+    its artifacts allow it, else the baseline's documents re-read with the new ones (:class:`BaselineFitData`)."""
+    path = base.run.sub(f"artifacts/{stage.name}")
+    digests = verify_artifacts(path) if base.run.fs.exists(f"{path}/_signature.json") else {}
+    if stage.extends_prior_fit(digests):
+        log.info("%s: extending the baseline's fit (its kept rows), hashing only the new documents", stage.name)
+        return lambda data: PriorFitData(data, path, digests)
+    return lambda data: BaselineFitData(data, base)
+
+
 def _copy_artifacts(src: str, dst: str, fs: Any) -> int:
     """Copy the signed files of the artifact folder ``src`` into ``dst`` (each byte checked against the
     signature while read) and sign the copy with this machine's key. Returns the files copied."""
@@ -259,7 +302,7 @@ def prepare_plan(plan_of_baseline: BaselinePlan, run: RunDir, plan: Any) -> None
         log.info("%s: applying the baseline's fitted artifacts (%d file(s)) from %s", name, files, shown)
     for stage in plan.stages:  # MinHash: groups over the new documents and the baseline's
         if stage.fit_per_document and run.fit_done(stage.name) is None:
-            plan.fit_data[stage.name] = lambda data: BaselineFitData(data, base)
+            plan.fit_data[stage.name] = _per_document_fit_data(stage, base)
     if not bp.cached:
         return
     files = view_files(base.run)
@@ -318,6 +361,8 @@ def finish(plan_of_baseline: BaselinePlan, run: RunDir, stats: dict[str, Any]) -
     out["cross_run"] = mark_cross_run_duplicates(bp, run)
     if run.fs.exists(f"{run.root}/artifacts/minhash"):
         out["cross_run"]["near_duplicates"] = mark_cross_run_near_duplicates(bp, run)
+    if run.fs.exists(f"{run.root}/artifacts/semdedup"):
+        out["cross_run"]["semantic_duplicates"] = mark_cross_run_semantic_duplicates(bp, run)
     base_rows = sum(pq.ParquetFile(run.fs.open(f, "rb")).metadata.num_rows for f in view_files(bp.baseline.run))
     out["view"] = {"baseline_rows": base_rows, "rows": base_rows + run.count_rows("docs")}
     return out
@@ -386,7 +431,7 @@ def mark_cross_run_near_duplicates(bp: BaselinePlan, run: RunDir) -> int:
 
 def _mark_docs(run: RunDir, files: list[str], marker: str, keep_column: str, keep_old: bool, mark) -> int:
     """Rewrite each ``docs/`` file with the flag column ``marker`` (``mark(table)`` returns the rows to flag and
-    the columns to replace) and, with ``keep_old``, ``keep_column`` false on the flagged rows; return how many
+    the columns to replace or add) and, with ``keep_old``, ``keep_column`` false on the flagged rows; return how many
     rows are flagged. Idempotent: a file that has ``marker`` already is counted, not rewritten."""
     found = 0
     for path in files:
@@ -400,8 +445,113 @@ def _mark_docs(run: RunDir, files: list[str], marker: str, keep_column: str, kee
             keep = table.column(keep_column).to_numpy(zero_copy_only=False) & ~hit
             columns = {**columns, keep_column: pa.array(keep, pa.bool_())}
         for name, values in columns.items():
-            table = table.set_column(table.schema.get_field_index(name), name, values)
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, name, values) if i >= 0 else table.append_column(name, values)
         table = table.append_column(marker, pa.array(hit, pa.bool_()))
         run.write_parquet_atomic(posixpath.relpath(path, run.root), table)
         found += int(hit.sum())
     return found
+
+
+def _has_column(run: RunDir, path: str, name: str) -> bool:
+    with run.fs.open(path, "rb") as fh:
+        return name in pq.read_schema(fh).names
+
+
+def _cluster_chunks(clusters: pa.ChunkedArray, rows: int) -> list[pa.Array]:
+    """The update's cluster ids in chunks of about ``rows`` new documents (a larger cluster is a chunk alone)."""
+    counts = pc.value_counts(clusters.drop_null())
+    order = np.argsort(counts.field("values").to_numpy())
+    ids, sizes = counts.field("values").to_numpy()[order], counts.field("counts").to_numpy()[order]
+    chunks, start, held = [], 0, 0
+    for i, size in enumerate(sizes):
+        if held and held + size > rows:
+            chunks.append(pa.array(ids[start:i], pa.int32()))
+            start, held = i, 0
+        held += size
+    if held:
+        chunks.append(pa.array(ids[start:], pa.int32()))
+    return chunks
+
+
+def _semantic_matches(
+    new_ds: pads.Dataset, old_ds: pads.Dataset, threshold: float, tile: int
+) -> tuple[dict[str, tuple[str, float]], dict[str, str]]:
+    """Search the baseline (``old_ds``) for each new document's most similar document of its cluster.
+
+    Returns ``(matches, groups)``: new document key -> (old key, similarity) where the old document is within
+    ``threshold`` or closer than any member of the new run (``semdedup_max_sim``), and SemDeDup group -> the old
+    key it duplicates. Only the baseline's rows in the new documents' clusters are read, batch by batch, once per
+    chunk of :data:`SEARCH_ROWS` new documents.
+    """
+    matches: dict[str, tuple[str, float]] = {}
+    groups: dict[str, str] = {}
+    new_cols = [*KEY_COLUMNS, "semdedup_cluster", "semdedup_group", "semdedup_max_sim", "embedding"]
+    for chunk in _cluster_chunks(new_ds.to_table(columns=["semdedup_cluster"]).column(0), SEARCH_ROWS):
+        where = pc.field("semdedup_cluster").isin(chunk)
+        new = new_ds.to_table(columns=new_cols, filter=where)
+        x, cluster = embedding_matrix(new.column("embedding")), new.column("semdedup_cluster").to_numpy()
+        best = np.full(new.num_rows, -np.inf, dtype=np.float32)
+        best_key = np.full(new.num_rows, None, dtype=object)
+        for batch in old_ds.to_batches(columns=[*KEY_COLUMNS, "semdedup_cluster", "embedding"], filter=where):
+            if not batch.num_rows:
+                continue
+            old_cluster = batch.column("semdedup_cluster").to_numpy(zero_copy_only=False)
+            sim, row = nearest_in_clusters(x, cluster, embedding_matrix(batch.column("embedding")), old_cluster, tile)
+            better = sim > best
+            if better.any():
+                take = pa.array(row[better])
+                best_key[better] = document_keys(batch.take(take))
+                best[better] = sim[better]
+        own = new.column("semdedup_max_sim").to_numpy(zero_copy_only=False)
+        hit = best >= threshold
+        keep = hit | (best > np.nan_to_num(own, nan=-np.inf))
+        keys = document_keys(new.select(list(KEY_COLUMNS)).filter(pa.array(keep)))
+        matches.update(zip(keys, zip(best_key[keep], best[keep].tolist())))
+        for g, k in zip(new.column("semdedup_group").filter(pa.array(hit)).to_pylist(), best_key[hit]):
+            groups.setdefault(g, k)
+    return matches, groups
+
+
+def mark_cross_run_semantic_duplicates(bp: BaselinePlan, run: RunDir) -> dict[str, Any]:
+    """Rewrite the update's ``docs/`` with :data:`SEMANTIC_IN_BASELINE` and :data:`SEMANTIC_BASELINE_OF`.
+
+    The update assigned its documents to the baseline's SemDeDup centroids, so each new document is compared with
+    the baseline's documents of the same cluster (the update's cost grows with its own clusters' share of the
+    baseline, not the whole baseline). A new document within ``threshold`` of a baseline document is a semantic
+    duplicate of it; so is every member of its SemDeDup group in the update (the groups are connected components,
+    as within a run). ``semdedup_baseline_of`` names the old document (its key, as ``semdedup_group`` names
+    documents; for a member flagged through its group, the old document its group duplicates); with ``keep: old``
+    ``semdedup_keep`` is false. ``semdedup_max_sim`` counts the baseline's documents too. Idempotent, as
+    :func:`mark_cross_run_duplicates`.
+    """
+    if "semdedup" not in bp.fits:
+        return {"found": None, "reason": "semdedup was refitted on the update: its clusters are not the baseline's"}
+    files = docs_files(run)
+    base_files = view_files(bp.baseline.run)
+    base_schema = view_schema(bp.baseline.run, base_files)
+    if not files or not {"semdedup_cluster", "embedding"} <= set(base_schema.names):
+        return {"found": None, "reason": "the baseline or the update has no semdedup columns"}
+    params = (bp.baseline.stages.get("semdedup") or {}).get("params") or {}
+    threshold = float(params.get("threshold", SemDedupParams.threshold))
+    tile = int(params.get("tile_rows", SemDedupParams.tile_rows))
+    new_ds = pads.dataset(files, filesystem=run.fs, format="parquet")
+    old_ds = pads.dataset(base_files, filesystem=bp.baseline.run.fs, format="parquet", schema=base_schema)
+    marked = all(_has_column(run, f, SEMANTIC_IN_BASELINE) for f in files)
+    matches, groups = ({}, {}) if marked else _semantic_matches(new_ds, old_ds, threshold, tile)
+
+    def mark(table: pa.Table) -> tuple[np.ndarray, dict[str, pa.Array]]:
+        keys = document_keys(table)
+        found = [matches.get(k, (None, np.nan)) for k in keys]
+        direct = [old if sim >= threshold else None for old, sim in found]
+        of = [d or groups.get(g) for d, g in zip(direct, table.column("semdedup_group").to_pylist())]
+        own = table.column("semdedup_max_sim").to_numpy(zero_copy_only=False)
+        max_sim = np.fmax(own, np.array([sim for _, sim in found], dtype=np.float32))
+        return np.array([o is not None for o in of], dtype=bool), {
+            "semdedup_max_sim": pa.array(max_sim, pa.float32(), from_pandas=True),
+            SEMANTIC_BASELINE_OF: pa.array(of, pa.string()),
+        }
+
+    found = _mark_docs(run, files, SEMANTIC_IN_BASELINE, "semdedup_keep", bp.options.keep == "old", mark)
+    log.info("%d new document(s) are semantic duplicates of baseline documents (keep: %s)", found, bp.options.keep)
+    return {"found": found, "keep": bp.options.keep, "threshold": threshold}

@@ -18,7 +18,9 @@ Only those edges (about one per duplicated document and band) come back to the d
 components form the duplicate groups (A~B and B~C put A, B and C in one group). The artifact
 ``RUN/artifacts/minhash/members.parquet`` lists every document that has at least one near-duplicate
 (``source_file``, ``source_index``, ``minhash_group``, ``minhash_keep``, ``minhash_count``); documents in no
-group are not stored, so it stays small when duplicates are rare.
+group are not stored, so it stays small when duplicates are rare. The band rows themselves are kept too
+(``bands/``, 24 bytes per document and band, :mod:`dq_ray.stages._bands`): an update against this run hashes only
+its new documents and links their bands with these.
 
 **Apply.** ``process`` looks each document up in the artifact. ``minhash_group`` names the group by the
 document key (see :func:`dq_ray.stages._keys.doc_key_hex`) of the member it keeps; a document without
@@ -45,6 +47,14 @@ import pyarrow.parquet as pq
 
 from dq_ray.artifacts import read_trusted, trusted_digests
 from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
+from dq_ray.stages._bands import (
+    PriorBands,
+    empty_band_rows,
+    with_partition,
+    write_band_dataset,
+    write_band_index,
+    write_band_table,
+)
 from dq_ray.stages._fit import cpu_pool_args, write_parquet
 from dq_ray.stages._groups import component_roots, component_sizes
 from dq_ray.stages._keys import doc_key_hex
@@ -344,13 +354,28 @@ class MinHashDedup(Stage):
     default_resources = Resources(num_cpus=1, batch_size=1024)
     fit_per_document = True  # members.parquet names the documents of this run: an update refits it
 
+    @staticmethod
+    def extends_prior_fit(digests: dict[str, str]) -> bool:
+        """An update can link its new documents with the baseline fit's band rows (``bands/``), when it kept them."""
+        return PriorBands.usable(digests)
+
     # -- fit ----------------------------------------------------------------------------------------------
     def fit(self, data: FitData) -> dict[str, Any]:
-        """Find every near-duplicate group of the corpus with Ray Data; write ``members.parquet``."""
+        """Find every near-duplicate group of the corpus with Ray Data; write ``members.parquet`` and the band
+        rows (``bands/``, :mod:`dq_ray.stages._bands`).
+
+        In an update whose fit data carries ``prior_artifacts`` (the baseline fit's verified folder and digests,
+        :class:`dq_ray.pipeline.baseline.PriorFitData`), only the new documents are hashed; their bands are linked
+        with the baseline's band rows, so groups span both runs.
+        """
         p = self.params
+        prior_artifacts = getattr(data, "prior_artifacts", None)
+        prior = PriorBands(*prior_artifacts) if prior_artifacts else None
         ds = data.dataset(list(self.inputs))
-        num_rows = data.num_rows()
+        num_rows = data.num_rows() + (prior.documents if prior else 0)
         files = _source_files(data)
+        if prior is not None:
+            files = sorted(set(files) | set(prior.files))
         if len(files) >= 1 << (63 - _INDEX_BITS):
             raise ValueError(f"minhash: {len(files)} input files are more than it can number")
         band_rows = num_rows * p.num_buckets
@@ -364,14 +389,20 @@ class MinHashDedup(Stage):
             batch_size=self.default_resources.batch_size,
             **({"fn_constructor_kwargs": args, **pool} if pool else {"fn_kwargs": args}),
         )
+        if prior is not None:
+            bands = bands.union(prior.dataset(files, partitions, _INDEX_BITS))
         if in_memory:
             # a few million band rows: link them here rather than shuffle them across the cluster
             parts = [t for t in bands.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
-            edges = _bucket_edges(pa.concat_tables(parts)) if parts else pa.table({"a": [], "b": []})
-            a, b = _unique_edges(edges)
+            rows = pa.concat_tables(parts) if parts else with_partition(empty_band_rows(), 1)
+            write_band_table(data.artifacts_dir, rows)
+            a, b = _unique_edges(_bucket_edges(rows))
         else:
+            bands = write_band_dataset(data.artifacts_dir, bands)
+            bands = bands.map_batches(with_partition, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
             edges = bands.groupby("part", num_partitions=partitions).map_groups(_bucket_edges, batch_format="pyarrow")
             a, b = _collect_edges(edges)
+        write_band_index(data.artifacts_dir, files, num_rows)
         members, kept, sizes = group_members(a, b)
         table = self._members_table(files, members, kept, sizes)
         write_parquet(table, posixpath.join(data.artifacts_dir, ARTIFACT))
@@ -387,6 +418,8 @@ class MinHashDedup(Stage):
             "artifact": ARTIFACT,
             "params": dataclasses.asdict(p),
         }
+        if prior is not None:
+            info["baseline_documents_from_bands"] = prior.documents
         log.info("minhash: %d document(s) in %d near-duplicate group(s)", len(members), groups)
         return info
 

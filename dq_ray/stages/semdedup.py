@@ -20,6 +20,10 @@ keeps the first in input order, the smallest ``(source_file, source_index)``, li
 favours unusual examples), ``easy`` the closest; ties go to input order. ``semdedup_group`` names the group by
 the document key (:func:`dq_ray.stages._keys.doc_key_hex`) of the member kept; a document without semantic
 duplicates is its own group.
+
+**Across runs.** In an update (``dq-ray run --baseline``) the centroids are the baseline's, so old and new
+documents share clusters; after the run, :func:`nearest_in_clusters` compares each new document with the
+baseline's documents of its cluster (:func:`dq_ray.pipeline.baseline.mark_cross_run_semantic_duplicates`).
 """
 
 from __future__ import annotations
@@ -129,6 +133,40 @@ def cluster_pairs(x: np.ndarray, threshold: float, tile: int) -> tuple[np.ndarra
     return uf.roots(), max_sim
 
 
+def document_keys(rows: pa.Table | pa.RecordBatch) -> list[str]:
+    """The key of each row's document, as ``semdedup_group`` names documents
+    (:func:`dq_ray.stages._keys.doc_key_hex` of the :data:`~dq_ray.stage.KEY_COLUMNS`)."""
+    return doc_key_hex(*(rows.column(c) for c in KEY_COLUMNS))
+
+
+def nearest_in_clusters(
+    x_new: np.ndarray, cluster_new: np.ndarray, x_old: np.ndarray, cluster_old: np.ndarray, tile: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every row of ``x_new``, its most similar row of ``x_old`` in the same cluster (unit rows).
+
+    The search of an incremental run (:mod:`dq_ray.pipeline.baseline`): new documents against a part of the
+    baseline's. Returns ``(sim, row)``: the highest cosine similarity (``-inf`` when ``x_old`` has no row in the
+    cluster) and the position in ``x_old`` of that row (-1 then). Memory is O(tile**2) beyond the inputs.
+    """
+    best = np.full(len(x_new), -np.inf, dtype=np.float32)
+    row = np.full(len(x_new), -1, dtype=np.int64)
+    by_new, by_old = np.argsort(cluster_new, kind="stable"), np.argsort(cluster_old, kind="stable")
+    sorted_new, sorted_old = cluster_new[by_new], cluster_old[by_old]
+    for c in np.intersect1d(sorted_new, sorted_old):
+        new_rows = by_new[np.searchsorted(sorted_new, c) : np.searchsorted(sorted_new, c, "right")]
+        old_rows = by_old[np.searchsorted(sorted_old, c) : np.searchsorted(sorted_old, c, "right")]
+        for i0 in range(0, len(new_rows), tile):
+            ni = new_rows[i0 : i0 + tile]
+            for j0 in range(0, len(old_rows), tile):
+                oj = old_rows[j0 : j0 + tile]
+                s = x_new[ni] @ x_old[oj].T
+                arg = s.argmax(axis=1)
+                top = s[np.arange(len(ni)), arg]
+                better = top > best[ni]
+                best[ni[better]], row[ni[better]] = top[better], oj[arg[better]]
+    return best, row
+
+
 @register
 class SemDedup(Stage):
     """Semantic duplicates (SemDeDup): k-means clusters, then near-identical pairs inside each cluster."""
@@ -206,7 +244,7 @@ class SemDedup(Stage):
                 roots[lo:hi], max_sim[lo:hi] = r + lo, s
         sizes = component_sizes(roots)
         kept = order[roots]  # row of the member each (sorted) row's group keeps
-        keys = doc_key_hex(*(rows.column(c) for c in KEY_COLUMNS))
+        keys = document_keys(rows)
         out_group = np.empty(n, dtype=object)
         out_group[order] = [keys[k] for k in kept]
         out_keep, out_count, out_sim = (np.empty(n, dtype=t) for t in (bool, np.int64, np.float32))

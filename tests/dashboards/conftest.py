@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -169,3 +170,97 @@ def sample_queries(texts: list[str | None]) -> list[str]:
     first = next(t for t in texts if t and len(words(t)) > 8)
     a, b, c = words(first)[3:6]
     return [rare, common, f"{rare} {common}", f'"{a} {b} {c}"', "zzzqqqnotaword"]
+
+
+# -- an update run (dq-ray run --baseline) with a gaps report, for the run colouring and the probes layer --------
+
+UPDATE_STAGES = [
+    {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
+    {"name": "density", "params": {"k": 8}},
+    {"name": "map", "params": {"method": "pca"}},
+]
+
+
+def _cli_run(top: Path, name: str, inputs: list, baseline: Path | None = None) -> Path:
+    import yaml
+    from click.testing import CliRunner
+
+    from dq_ray.cli import main
+
+    cfg = {"input": {"paths": [str(p) for p in inputs]}, "output": {"path": str(top / name)}, "stages": UPDATE_STAGES}
+    (top / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["run", str(top / f"{name}.yaml"), "--no-progress", *(["--baseline", str(baseline)] if baseline else [])]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return top / name
+
+
+@pytest.fixture(scope="session")
+def update_run(ray_local, tiny_corpus, tmp_path_factory) -> Path:
+    """``base``: tweets + news (embed, density, a PCA map); ``update``: the Wikipedia articles, made with
+    ``--baseline base``; then ``dq-ray gaps update --probes probes.jsonl`` (three news texts and two made-up
+    ones), so the update holds ``gaps-probes/``. Returns the update's run directory."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dq_ray.cli import main
+
+    top = tmp_path_factory.mktemp("dash-update")
+    base = _cli_run(top, "base", [tiny_corpus / "tweets.jsonl.zst", tiny_corpus / "news.jsonl"])
+    update = _cli_run(top, "update", [tiny_corpus / "wikipedia.jsonl.gz"], baseline=base)
+    from dq_ray.io import InputConfig, ShardResult, discover_inputs, read_shard
+
+    cfg = InputConfig(paths=(str(tiny_corpus / "news.jsonl"),))
+    news = [r for f in discover_inputs(cfg) for t in read_shard(f, cfg, ShardResult(f.path)) for r in t.to_pylist()]
+    texts = [r["text"] for r in news[:3]]
+    texts += ["How do tidal harbours silt up, and how are they dredged?", "Eine Frage zur deutschen Grammatik."]
+    probes = top / "probes.jsonl"
+    probes.write_text("".join(json.dumps({"id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    args = ["gaps", str(update), "--probes", str(probes), "--k", "4"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return update
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dashboard_server(run: Path, log_path: Path):
+    """``dq-ray dashboard RUN`` in a subprocess on a free port (its output in ``log_path``); yields its URL."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    exe = shutil.which("dq-ray", path=os.path.dirname(sys.executable)) or "dq-ray"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    proc = subprocess.Popen([exe, "dashboard", str(run), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180  # imports and the first load of the store; slow on a busy 2-core machine
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dq-ray dashboard exited with {proc.returncode}; see {log.name}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break  # listening: the server binds only after the store is loaded
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"dq-ray dashboard did not listen within 180 s; see {log.name}") from None
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

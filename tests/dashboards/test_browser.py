@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
-import subprocess
-import sys
 import time
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import box_select
+from .conftest import box_select, dashboard_server
+from .conftest import free_port as _free_port  # noqa: F401 (test_defects imports it from here)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -36,36 +34,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(map_run):
-    port = _free_port()
-    exe = shutil.which("dq-ray", path=os.path.dirname(sys.executable)) or "dq-ray"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "server.log", "w")
-    proc = subprocess.Popen([exe, "dashboard", str(map_run), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180  # imports and the first load of the store; slow on a busy 2-core machine
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dq-ray dashboard exited with {proc.returncode}; see {log.name}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break  # listening: the server binds only after the store is loaded
-        except OSError:
-            if time.time() > deadline:
-                proc.terminate()
-                raise RuntimeError(f"dq-ray dashboard did not listen within 180 s; see {log.name}") from None
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with dashboard_server(map_run, ARTIFACTS / "server.log") as url:
+        yield url
 
 
 def _variance(png: bytes) -> float:

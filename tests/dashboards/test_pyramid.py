@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dashboards.data_store import Filters, RunStore
-from dashboards.prepare import prepare
-from dashboards.pyramid import grid_index, tile_level_for, zorder
+from dashboards.prepare import prepare, tile_passes
+from dashboards.pyramid import base_level_for, grid_index, tile_level_for, zorder
 from dashboards.render import render
 
 from .conftest import write_synthetic_run
@@ -31,6 +31,15 @@ def test_zorder_interleaves_bits():
         and tile_level_for(10**12) == 8
         and tile_level_for(4_000_000) == 2
     )
+    sizes = (10, 25 * 10**6, 25 * 10**6 + 1, 10**8, 10**8 + 1, 10**9, 10**12)
+    assert [base_level_for(n) for n in sizes] == [10, 10, 11, 11, 12, 12, 12]
+
+
+def test_tile_passes_cover_every_tile_once_within_the_budget():
+    per_tile = np.array([5, 0, 3, 9, 1, 1, 0, 2])
+    passes = tile_passes(per_tile, 6)
+    assert passes == [(0, 1, 5), (2, 2, 3), (3, 3, 9), (4, 7, 4)]  # tile 3 alone exceeds the budget: own pass
+    assert tile_passes(per_tile, 100) == [(0, 7, 21)]
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +157,40 @@ def test_prepared_data_of_an_overwritten_run_is_ignored(runs, tmp_path):
     (copy / "manifest.json").write_text(json.dumps({**manifest, "started_at": "2030-01-01T00:00:00+00:00"}))
     fresh = RunStore(copy)  # a new run in the same directory: the old tiles and pyramid must not be shown
     assert fresh.prepared is None and fresh.num_rows == N
+
+
+def test_tiles_written_in_several_passes_equal_one_pass(runs, tmp_path):
+    """A budget of a few thousand rows per pass: the same tiles, rows and frames as the one-pass prepare."""
+    _, _, one, _ = runs
+    copy = tmp_path / "passes"
+    shutil.copytree(one.root, copy)
+    info = prepare(str(copy), base_level=BASE, sample_rows=5_000, tile_level=2, pass_rows=4_000, search=False)
+    assert info["tile_passes"] > 2
+    many = RunStore(copy)
+    cols = ["id", "tile", "zkey"]
+    a = one.prepared.points_dataset().to_table(columns=cols).sort_by("id")
+    b = many.prepared.points_dataset().to_table(columns=cols).sort_by("id")
+    assert a.equals(b)
+    xr = (info["x_range"][0] + 2.0, info["x_range"][0] + 3.5)
+    yr = (info["y_range"][0] + 5.0, info["y_range"][0] + 6.5)
+    fa, fb = render(one, xr, yr, 200, 200, colour_by="score"), render(many, xr, yr, 200, 200, colour_by="score")
+    assert fa.source == fb.source == "tiles" and fa.documents == fb.documents > 0
+
+
+def test_crowded_zoom_takes_the_base_level_or_the_sample(runs, monkeypatch):
+    """More documents in view than the tiles' budget: counts from the base level with cells up to 16 px wide,
+    categories from the sample; within the budget the same view reads the tiles."""
+    import dashboards.render as render_mod
+
+    _, _, store, info = runs
+    monkeypatch.setattr(render_mod, "MAX_TILE_POINTS", 100)
+    (x0, x1), (y0, y1) = info["x_range"], info["y_range"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    w, h = (x1 - x0) / 4, (y1 - y0) / 4
+    view = (cx - w, cx + w), (cy - h, cy + h)  # half of each side: 16 base cells over 128 px = 8 px per cell
+    assert store.prepared.rows_in_view(*view) > 100
+    counts = render(store, *view, 128, 128)
+    assert counts.source == f"pyramid level {BASE}" and counts.documents == store.prepared.rows_in_view(*view)
+    assert render(store, *view, 128, 128, colour_by="source").source == "sample"
+    monkeypatch.setattr(render_mod, "MAX_TILE_POINTS", 10**9)
+    assert render(store, *view, 128, 128).source == "tiles"

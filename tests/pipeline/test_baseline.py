@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -18,8 +19,14 @@ from dq_ray.cli import main
 from dq_ray.config import load_config
 from dq_ray.io import RunDir, redact
 from dq_ray.io.baseline import BaselineError, open_baseline, stage_differences, view_files
-from dq_ray.pipeline.baseline import BaselineOptions, plan_baseline
+from dq_ray.pipeline.baseline import (
+    BaselineOptions,
+    BaselinePlan,
+    mark_cross_run_semantic_duplicates,
+    plan_baseline,
+)
 from dq_ray.pipeline.cache import TEXT_HASH, add_text_hash, split_cached, write_cache
+from dq_ray.stages._keys import doc_key_hex
 
 STAGES = [
     {"name": "heuristics"},
@@ -27,6 +34,7 @@ STAGES = [
     {"name": "minhash"},
     {"name": "embed", "params": {"backend": "onnx", "max_seq_length": 64}},
     {"name": "density", "params": {"k": 8}},
+    {"name": "semdedup"},
     {"name": "topics", "params": {"n_topics": 4, "n_coarse": 2}},
     {"name": "map", "params": {"method": "pca"}},
 ]
@@ -51,18 +59,33 @@ def _docs(run) -> pa.Table:
     return pads.dataset(files, format="parquet").to_table()
 
 
-def _planted(tiny_corpus) -> list[dict]:
-    """Exact copies of N_COPIES news documents of the base run, and N_NEAR copies with two words edited."""
-    from dq_ray.demo.planted import edit_words
+def _news(tiny_corpus) -> list[dict]:
+    """The news documents of the base run, as dq-ray reads them."""
     from dq_ray.io import InputConfig, ShardResult, discover_inputs, read_shard
 
     cfg = InputConfig(paths=(str(tiny_corpus / "news.jsonl"),))
-    rows = [r for f in discover_inputs(cfg) for t in read_shard(f, cfg, ShardResult(f.path)) for r in t.to_pylist()]
+    return [r for f in discover_inputs(cfg) for t in read_shard(f, cfg, ShardResult(f.path)) for r in t.to_pylist()]
+
+
+def _planted(tiny_corpus) -> list[dict]:
+    """Exact copies of N_COPIES news documents of the base run, N_NEAR copies with two words edited (past the
+    embedding's first 64 tokens: the same embedding) and one copy with a word inserted early (``para-0``)."""
+    from dq_ray.demo.planted import edit_words
+
+    rows = _news(tiny_corpus)
     rng = random.Random(0)
     exact = [{"id": f"copy-{i}", "text": r["text"]} for i, r in enumerate(rows[:N_COPIES])]
     near = [{"id": f"near-{i}", "text": edit_words(r["text"], rng, 2)} for i, r in enumerate(rows[N_COPIES:][:N_NEAR])]
     assert all(len(r["text"].split()) > 150 for r in near)  # two edits leave a Jaccard similarity far above 0.8
-    return exact + near
+    para = [{"id": "para-0", "text": _early_edit(rows[N_COPIES + N_NEAR]["text"])}]
+    return exact + near + para
+
+
+def _early_edit(text: str) -> str:
+    """The text with a word inserted as its eleventh: inside the first 64 tokens, so its embedding moves a little
+    (cosine 0.998 to the original's with all-MiniLM-L6-v2)."""
+    words = text.split(" ")
+    return " ".join([*words[:10], "reportedly", *words[10:]])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +113,7 @@ def test_update_reuses_fits_and_cached_signals(runs):
     manifest = json.loads((update / "manifest.json").read_text())
     b = manifest["baseline"]
     assert b["path"].endswith("/base") and b["differences"] == {} and b["recomputed"] == []
-    assert b["fits_reused"] == ["density", "topics", "map"]
+    assert b["fits_reused"] == ["density", "semdedup", "topics", "map"]
     for name in b["fits_reused"]:  # applied, not refitted: no fit step ran, the artifacts are the baseline's
         assert f"{name}.fit" not in manifest["stages"]
         assert manifest["stage_info"][name]["fit"]["from_baseline"] == b["path"]
@@ -146,6 +169,58 @@ def test_copies_of_baseline_documents_are_duplicates_and_the_old_copy_is_kept(ru
     assert cross["near_duplicates"] == int(sum(new.column("minhash_in_baseline").to_pylist()))
     assert cross["near_duplicates"] >= N_COPIES + N_NEAR
     assert "minhash" not in manifest["baseline"]["fits_reused"]  # refitted over both runs' documents
+    # ... from the baseline fit's band rows: only the new documents were hashed
+    fit = manifest["stage_info"]["minhash"]["fit"]
+    assert fit["baseline_documents_from_bands"] == _docs(runs / "base").num_rows
+    assert fit["documents"] == fit["baseline_documents_from_bands"] + new.num_rows
+
+
+def test_semantic_duplicates_of_baseline_documents_are_found_in_their_clusters(runs, tiny_corpus):
+    base, update = _docs(runs / "base"), _docs(runs / "update")
+    cross = json.loads((runs / "update" / "manifest.json").read_text())["baseline"]["cross_run"]
+    assert cross["semantic_duplicates"]["keep"] == "old"
+    old_key = dict(
+        zip(base.column("id").to_pylist(), doc_key_hex(base.column("source_file"), base.column("source_index")))
+    )
+    news = [r["id"] for r in _news(tiny_corpus)]
+    original = {f"copy-{i}": news[i] for i in range(N_COPIES)} | {
+        f"near-{i}": news[N_COPIES + i] for i in range(N_NEAR)
+    }
+    original["para-0"] = news[N_COPIES + N_NEAR]
+    rows = {r["id"]: r for r in update.to_pylist()}
+    for new_id, old_id in original.items():  # exact copies and copies with two words edited: their original found
+        row = rows[new_id]
+        assert row["semdedup_in_baseline"] and not row["semdedup_keep"], new_id
+        assert row["semdedup_baseline_of"] == old_key[old_id], new_id
+        assert row["semdedup_max_sim"] >= 0.95
+    assert rows["para-0"]["semdedup_max_sim"] < 0.9995  # a near-paraphrase, not an identical embedding
+    # the Wikipedia articles are new: none is a semantic duplicate of a tweet or a news article
+    others = [r for r in rows.values() if r["id"] not in original]
+    assert others and not any(r["semdedup_in_baseline"] or r["semdedup_baseline_of"] for r in others)
+    assert (
+        cross["semantic_duplicates"]["found"]
+        == N_COPIES + N_NEAR + 1
+        == sum(update.column("semdedup_in_baseline").to_pylist())
+    )
+
+
+def test_keep_both_flags_semantic_duplicates_without_changing_keep(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr("dq_ray.pipeline.baseline.SEARCH_ROWS", 4)  # many chunks of clusters: the same answer
+    update = tmp_path / "update"
+    shutil.copytree(runs / "update", update)
+    marked = _docs(update)
+    for path in (update / "docs").glob("*.parquet"):  # as the pipeline left docs/, before the search
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["semdedup_in_baseline", "semdedup_baseline_of"]), path)
+    base = open_baseline(str(runs / "base"))
+    bp = BaselinePlan(base, BaselineOptions(str(runs / "base"), keep="both"), fits=["semdedup"])
+    out = mark_cross_run_semantic_duplicates(bp, RunDir(str(update)))
+    again = _docs(update)
+    assert out["found"] == N_COPIES + N_NEAR + 1 and out["keep"] == "both"
+    assert again.column("semdedup_in_baseline").equals(marked.column("semdedup_in_baseline"))
+    assert again.column("semdedup_baseline_of").equals(marked.column("semdedup_baseline_of"))
+    assert again.column("semdedup_keep").equals(marked.column("semdedup_keep"))  # not changed by `both`
+    assert mark_cross_run_semantic_duplicates(bp, RunDir(str(update))) == out  # idempotent
 
 
 def test_select_reads_the_update_and_its_baseline_as_one_corpus(runs, tmp_path):
@@ -214,14 +289,14 @@ def _plan(runs, tmp_path, stages, recompute=True):
 def test_recompute_changed_recomputes_the_changed_stages_and_what_reads_them(runs, tmp_path):
     topics = _with(topics={"n_topics": 5, "n_coarse": 2})
     plan = _plan(runs, tmp_path, topics)
-    assert plan.recomputed == ["topics"] and plan.fits == ["density", "map"]
+    assert plan.recomputed == ["topics"] and plan.fits == ["density", "semdedup", "map"]
     assert "topics" not in plan.cached and "density" in plan.cached
     with pytest.raises(BaselineError) as err:
         _plan(runs, tmp_path, topics, recompute=False)
     assert err.value.differences == {"topics": ["params.n_topics: 4 in the baseline, 5 now"]}
     embed = _with(embed={"backend": "onnx", "max_seq_length": 32})
     plan = _plan(runs, tmp_path, embed)  # every stage downstream of the embeddings is computed afresh
-    assert plan.recomputed == ["embed", "density", "topics", "map"] and plan.fits == []
+    assert plan.recomputed == ["embed", "density", "semdedup", "topics", "map"] and plan.fits == []
     assert plan.cached == ["heuristics"]
     # execution-only params (threads) are no difference
     threads = _with(embed={"backend": "onnx", "max_seq_length": 64, "num_threads": 1})

@@ -177,3 +177,32 @@ def test_shuffled_fit_finds_the_groups_of_the_in_memory_fit(planted, fitted, ray
         [("source_file", "ascending"), ("source_index", "ascending")]
     )
     assert ours.num_rows > 0 and ours.equals(theirs)
+
+
+@pytest.mark.parametrize("partitions", [None, 3])
+def test_a_fit_extending_the_baseline_bands_equals_a_fit_over_both(planted, fitted, ray_local, tmp_path, partitions):
+    """An update's fit hashes only its new documents and links them with the baseline fit's band rows
+    (``bands/``): the groups equal those of one fit over all documents, on the in-memory and the shuffled path."""
+    from dq_ray.artifacts import verify_artifacts
+
+    _, table = planted
+    stage, _ = fitted  # the baseline: every document of the planted corpus but the last 60
+    cols = ["text", "source_file", "source_index"]
+    old, new = table.slice(0, table.num_rows - 60).select(cols), table.slice(table.num_rows - 60).select(cols)
+    new = new.set_column(1, "source_file", pa.array(["c.jsonl"] * new.num_rows))  # the update's own file
+    base_dir = tmp_path / "base"
+    MinHashDedup(MinHashParams(shuffle_partitions=partitions)).fit_signed(TableFitData(old, str(base_dir)))
+    digests = verify_artifacts(str(base_dir))
+    assert MinHashDedup.extends_prior_fit(digests)
+
+    update = TableFitData(new, str(tmp_path / "update"))
+    update.prior_artifacts = (str(base_dir), digests)  # what an update's fit data carries
+    info = MinHashDedup(MinHashParams(shuffle_partitions=partitions)).fit(update)
+    assert info["documents"] == table.num_rows and info["baseline_documents_from_bands"] == old.num_rows
+    both = TableFitData(pa.concat_tables([old, new]), str(tmp_path / "both"))
+    MinHashDedup(MinHashParams(shuffle_partitions=partitions)).fit(both)
+    order = [("source_file", "ascending"), ("source_index", "ascending")]
+    ours = pq.read_table(f"{update.artifacts_dir}/{ARTIFACT}").sort_by(order)
+    theirs = pq.read_table(f"{both.artifacts_dir}/{ARTIFACT}").sort_by(order)
+    assert ours.equals(theirs)
+    assert "c.jsonl" in ours.column("source_file").to_pylist()  # new documents joined old groups

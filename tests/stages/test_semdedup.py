@@ -10,7 +10,14 @@ from dq_ray.demo import news_docs, wikipedia_docs
 from dq_ray.demo.planted import planted_corpus
 from dq_ray.stage import TableFitData
 from dq_ray.stages._keys import doc_key_hex as doc_keys
-from dq_ray.stages.semdedup import SemDedup, SemDedupParams, cluster_pairs, default_clusters, embedding_matrix
+from dq_ray.stages.semdedup import (
+    SemDedup,
+    SemDedupParams,
+    cluster_pairs,
+    default_clusters,
+    embedding_matrix,
+    nearest_in_clusters,
+)
 
 NEAR_IDENTICAL = ("exact", "edited", "boilerplate_added")
 
@@ -102,6 +109,29 @@ def test_process_groups_is_independent_of_row_order(corpus, fitted):
     b = stage.process_groups(assigned.take(np.arange(table.num_rows)[::-1])).select(cols).sort_by("id")
     assert a.equals(b)
     assert stage.process_groups(assigned.slice(0, 0)).num_rows == 0
+
+
+def test_new_documents_find_their_originals_among_old_ones_of_their_cluster(corpus, fitted):
+    """The search of an update: planted copies (new) against originals and background documents (old)."""
+    docs, table = corpus
+    stage, _ = fitted
+    assigned = stage.process(table)
+    x, cluster = embedding_matrix(assigned["embedding"]), assigned["semdedup_cluster"].to_numpy()
+    new = np.array([d.kind != "original" and (d.kind != "background" or i % 2 == 1) for i, d in enumerate(docs)])
+    old_rows = np.flatnonzero(~new)
+    sim, row = nearest_in_clusters(x[new], cluster[new], x[~new], cluster[~new], tile=7)
+    original = {d.family: i for i, d in enumerate(docs) if d.kind == "original"}
+    whole = x[new] @ x[~new].T
+    for j, i in enumerate(np.flatnonzero(new)):
+        same = cluster[old_rows] == cluster[i]
+        assert np.isclose(sim[j], whole[j][same].max()) and cluster[old_rows[row[j]]] == cluster[i]
+        if docs[i].kind in NEAR_IDENTICAL:
+            assert old_rows[row[j]] == original[docs[i].family] and sim[j] >= stage.params.threshold, docs[i].id
+        elif docs[i].kind == "background":
+            assert sim[j] < stage.params.threshold, docs[i].id
+    # a cluster without old documents: no match
+    sim, row = nearest_in_clusters(x[:3], np.full(3, 99), x, cluster, tile=7)
+    assert np.isneginf(sim).all() and (row == -1).all()
 
 
 def test_tiles_chains_and_keep_rules(tmp_path):

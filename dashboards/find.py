@@ -17,7 +17,6 @@ from typing import Any
 
 import holoviews as hv
 import numpy as np
-import pandas as pd
 import panel as pn
 import param
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pyarrow as pa
 from dashboards.data_store import RunStore
 from dashboards.neighbours import DEFAULT_K, get_neighbour_index
 from dashboards.search import MAX_TEXT_CHARS, Searcher, keyword_snippet
+from dashboards.tabs import document_table
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,7 @@ class FindPanel:
             else f"**Neighbours**: {self.neighbour_index.available()}",
             css_classes=["dq-neighbours-title"],
         )
-        self.neighbours_table = pn.widgets.Tabulator(
-            pd.DataFrame(),
-            disabled=True,
-            show_index=False,
-            layout="fit_columns",
-            sizing_mode="stretch_width",
-            widths={"id": 120, "snippet": "40%"},
-            formatters={"snippet": {"type": "textarea"}},
-            css_classes=["dq-neighbours"],
-        )
+        self.neighbours_table = document_table("dq-neighbours")
         self._near_rows: pa.Table | None = None
         self.neighbours_table.on_click(self._on_neighbour_click)
 

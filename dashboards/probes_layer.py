@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dashboards.data_store import RunPathError, RunStore
+from dashboards.tabs import document_table
 from dq_ray.gaps.coverage import percentiles
 
 log = logging.getLogger(__name__)
@@ -138,13 +139,7 @@ class ProbeLayer:
         )
         self.probe_table.on_click(lambda e: self.show_probe(e.row) if e.row is not None else None)
         self.title = pn.pane.Markdown("", css_classes=["dq-probe-title"])
-        self.neighbours_table = pn.widgets.Tabulator(
-            pd.DataFrame(),
-            widths={"id": 120, "snippet": "35%"},
-            formatters={"snippet": {"type": "textarea"}},
-            css_classes=["dq-probe-neighbours"],
-            **fit,
-        )
+        self.neighbours_table = document_table("dq-probe-neighbours", snippet_width="35%")
         self.main = pn.Column(
             self.title, self.probe_table, self.neighbours_table, sizing_mode="stretch_width", visible=False
         )

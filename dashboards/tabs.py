@@ -63,6 +63,22 @@ def summary_tab(store: RunStore) -> pn.viewable.Viewable:
     return pn.Column(*parts, name="Run summary")
 
 
+def document_table(css_class: str, snippet_width: str = "40%", **options: Any) -> pn.widgets.Tabulator:
+    """An empty, read-only table of documents (id, signals, a wrapped snippet) as wide as the page leaves it,
+    its columns fitted to that width so none ends up off-screen."""
+    return pn.widgets.Tabulator(
+        pd.DataFrame(),
+        disabled=True,
+        show_index=False,
+        layout="fit_columns",
+        sizing_mode="stretch_width",
+        widths={"id": 120, "snippet": snippet_width},
+        formatters={"snippet": {"type": "textarea"}},
+        css_classes=[css_class],
+        **options,
+    )
+
+
 def format_count(v: Any) -> str:
     """An integer count with thousands separators (``3,812``, also for ``3812.0``); empty for none."""
     if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:

@@ -23,7 +23,13 @@ from dashboards.find import FindPanel
 from dashboards.hover import hover_signals, tooltips, wrap_tooltip
 from dashboards.probes_layer import ProbeLayer
 from dashboards.render import Frame, render
-from dashboards.tabs import format_count, format_decimal, summary_tab, topics_tab  # noqa: F401 (the app's tabs)
+from dashboards.tabs import (  # noqa: F401 (the app's tabs)
+    document_table,
+    format_count,
+    format_decimal,
+    summary_tab,
+    topics_tab,
+)
 from dashboards.whatif import Policy, build_policy, evaluate_policy
 
 log = logging.getLogger(__name__)
@@ -106,18 +112,7 @@ class MapExplorer:
         self.hists = pn.GridBox(ncols=2, css_classes=["dq-histograms"])
         # as wide as the page leaves it, columns fitted to that width (the snippet second, wrapped): no column
         # ends up off-screen
-        self.table = pn.widgets.Tabulator(
-            pd.DataFrame(),
-            pagination="local",
-            page_size=10,
-            disabled=True,
-            show_index=False,
-            layout="fit_columns",
-            sizing_mode="stretch_width",
-            widths={"id": 120, "snippet": "40%"},
-            formatters={"snippet": {"type": "textarea"}},
-            css_classes=["dq-table"],
-        )
+        self.table = document_table("dq-table", pagination="local", page_size=10)
         self._rows: Any = None  # the table's documents (pa.Table), for a click on a row
         self.table.on_click(self._on_row_click)
         self.table_title = pn.pane.Markdown(

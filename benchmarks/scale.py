@@ -609,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             if n in embed_sizes:
                 cfg = job_config(corpus.dir, runs / f"embed-{n}", ["embed"], args.num_cpus)
                 embed_results.append(run_cli("embed", cfg, workdir, n))
+            if cpu_results or embed_results:  # what is measured so far, in case a long run is stopped
+                write_results(args, today, num_cpus, cpu_stages, pool, pool_s, corpora, cpu_results, embed_results)
             if not args.keep:  # the next size needs the disk more than we need these
                 shutil.rmtree(corpus.dir, ignore_errors=True)
                 shutil.rmtree(runs, ignore_errors=True)
@@ -618,6 +620,29 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.generate_only:
+        for n, c in corpora.items():
+            print(f"corpus {n:,}: {c.files} file(s), {c.bytes / 1e6:,.0f} MB, generated in {c.seconds:.1f} s")
+        return 0
+    results = (args, today, num_cpus, cpu_stages, pool, pool_s, corpora, cpu_results, embed_results)
+    write_results(*results, echo=True)
+    return 0  # a FAIL verdict is a finding, not an error of the script
+
+
+def write_results(
+    args: argparse.Namespace,
+    today: str,
+    num_cpus: int,
+    cpu_stages: list[str],
+    pool: list[str],
+    pool_s: float,
+    corpora: dict[int, Corpus],
+    cpu_results: list[JobResult],
+    embed_results: list[JobResult],
+    echo: bool = False,
+) -> None:
+    """Write the report and its JSON for the sizes measured so far (after each size, so a long run that is
+    stopped keeps what it measured)."""
     gen_lines = [
         f"sentence pool: {len(pool):,} unique sentences of the demo sources, built in {pool_s:.1f} s",
         *(
@@ -626,9 +651,6 @@ def main(argv: list[str] | None = None) -> int:
             for n, c in corpora.items()
         ),
     ]
-    print("\n".join(gen_lines))
-    if args.generate_only:
-        return 0
 
     report = [
         *report_header("dq-ray at scale: docs/s from the smallest to the largest corpus", PACKAGES),
@@ -667,10 +689,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in results
         ]
     payload["verdicts"] = all_verdicts
-    print("\n".join(report[report.index("") + 1 :]))
+    if echo:
+        print("\n".join(report[report.index("") + 1 :]))
     out = save_report(args.out, report)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
-    return 0  # a FAIL verdict is a finding, not an error of the script
 
 
 if __name__ == "__main__":

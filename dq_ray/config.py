@@ -91,6 +91,9 @@ class RayConfig:
             memory); Ray Data's own default retries forever.
         max_actor_restarts: how often a stage actor that died is restarted (and how many actors in a row may
             die while starting before the job fails, e.g. a model that cannot load).
+        local_group_bytes: a grouping stage whose input (the previous phase's Parquet) holds at most this many
+            bytes is grouped on the driver with pyarrow instead of a Ray Data shuffle, which costs seconds to
+            start whatever the data; 0 always shuffles.
     """
 
     address: str | None = None
@@ -101,13 +104,14 @@ class RayConfig:
     reserve_operator_resources: bool | None = None
     max_task_retries: int = 3
     max_actor_restarts: int = 3
+    local_group_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         if self.shuffle_partitions is not None and self.shuffle_partitions < 1:
             raise ConfigError("ray.shuffle_partitions must be >= 1 or null")
         if self.shuffle not in SHUFFLES:
             raise ConfigError(f"ray.shuffle must be one of {', '.join(SHUFFLES)}, not {self.shuffle!r}")
-        for key in ("max_task_retries", "max_actor_restarts"):
+        for key in ("max_task_retries", "max_actor_restarts", "local_group_bytes"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"ray.{key} must be >= 0")
 

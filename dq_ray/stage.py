@@ -269,6 +269,9 @@ class TableFitData:
 
         return ray.data.from_arrow(self.table.select(list(columns)) if columns else self.table)
 
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        return self.table.select(list(columns))
+
 
 def sample_rows(table: pa.Table, n: int, seed: int = 0) -> pa.Table:
     """``n`` rows drawn uniformly without replacement by a seeded generator, kept in their original order."""

@@ -148,7 +148,7 @@ def test_cpu_pool_stage_gets_one_actor_per_cpu_and_leaves_room_for_tasks():
     """``heuristics`` (a ``cpu_pool`` stage) runs one actor per CPU, each set up once; their CPU requests shrink
     so that reads and commits still run. A named ``concurrency`` is kept."""
     from dq_ray.pipeline import READ_CPUS, phases_of, share_cpus
-    from dq_ray.pipeline.plan import fill_cpus, in_actors
+    from dq_ray.pipeline.plan import CPU_POOL_BYTES_PER_ACTOR, fill_cpus, in_actors
     from dq_ray.stage import Resources
     from dq_ray.stages import get_stage
 
@@ -161,6 +161,11 @@ def test_cpu_pool_stage_gets_one_actor_per_cpu_and_leaves_room_for_tasks():
     out = share_cpus(phases_of([heur]), [heur], [fill_cpus(heur, Resources(num_cpus=1), cpus=2)], cpus=2)
     assert out[0].concurrency == 2 and 2 * out[0].num_cpus <= 2 - READ_CPUS
     assert fill_cpus(heur, Resources(num_cpus=1, concurrency=3), cpus=8).concurrency == 3
+    # a small input gets fewer actors: each one's start costs more than its share of the work
+    per = CPU_POOL_BYTES_PER_ACTOR
+    assert fill_cpus(heur, Resources(num_cpus=1), cpus=8, input_bytes=per // 2).concurrency == 1
+    assert fill_cpus(heur, Resources(num_cpus=1), cpus=8, input_bytes=3 * per - 1).concurrency == 3
+    assert fill_cpus(heur, Resources(num_cpus=1), cpus=8, input_bytes=100 * per).concurrency == 8
     assert fill_cpus(pii, Resources(num_cpus=1), cpus=8).concurrency is None
     # several nodes: scaled requests would leave each node a fraction of a CPU, so the stage runs as Ray tasks there
     assert not in_actors(heur, heur.default_resources, nodes=2)
@@ -189,3 +194,50 @@ def test_blocks_are_no_larger_than_the_smallest_batch_of_their_phase(tmp_path):
 
     assert plan(32) == 32
     assert plan(4096) == get_stage("heuristics").default_resources.batch_size
+
+
+def _sorted_docs(run_dir):
+    return pq.read_table(f"{run_dir}/docs").sort_by([("source_file", "ascending"), ("source_index", "ascending")])
+
+
+@pytest.mark.parametrize("after", [[], [{"name": "lang"}]], ids=["group-only", "stage-after-group"])
+def test_a_small_group_phase_on_the_driver_writes_what_the_ray_shuffle_writes(
+    ray_local, tiny_corpus, tmp_path, caplog, after
+):
+    """A group phase over little data is grouped on the driver (``ray.local_group_bytes``), with no Ray Data
+    shuffle; the rows, their groups and keep flags equal those of the shuffle (``local_group_bytes: 0``), with
+    and without stages after the groupby in the same phase. Three hash buckets, so each is grouped alone."""
+    import logging
+
+    def job(name, limit):
+        cfg = load_config(
+            {
+                "input": {"paths": [str(tiny_corpus)], "batch_rows": 20},
+                "output": {"path": str(tmp_path / name)},
+                "ray": {"shuffle_partitions": 3, "local_group_bytes": limit},
+                "stages": [{"name": "exact_dedup"}, *after],
+            }
+        )
+        with caplog.at_level(logging.INFO, logger="dq_ray.pipeline.plan"):
+            caplog.clear()
+            result = run_job(cfg)
+            return result, "on the driver (no shuffle)" in caplog.text
+
+    here, grouped_here = job("here", 32 * 2**20)
+    shuffled, grouped_there = job("shuffled", 0)
+    assert grouped_here and not grouped_there
+    assert here.manifest["counts"] == shuffled.manifest["counts"]
+    assert (
+        here.manifest["stages"]["exact_dedup.group"]["rows"] == shuffled.manifest["stages"]["exact_dedup.group"]["rows"]
+    )
+    ours, theirs = _sorted_docs(here.run_dir), _sorted_docs(shuffled.run_dir)
+    assert ours.num_rows > 0 and ours.equals(theirs)
+    if after:
+        assert "lang" in ours.column_names
+
+
+def test_local_group_bytes_must_not_be_negative():
+    from dq_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="local_group_bytes"):
+        load_config({"input": {"paths": ["x"]}, "ray": {"local_group_bytes": -1}, "stages": [{"name": "exact_dedup"}]})

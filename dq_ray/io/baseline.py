@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: The manifest block a run made with ``--baseline`` carries.
 MANIFEST_KEY = "baseline"
 #: Stage params that change how fast a stage runs, never what it computes: ignored when configs are compared.
-EXECUTION_PARAMS = frozenset({"num_threads", "shuffle_partitions", "batch_size"})
+EXECUTION_PARAMS = frozenset({"num_threads", "shuffle_partitions", "batch_size", "local_hash_rows"})
 #: Input settings that decide what a document's text is: the baseline and the update must agree on them.
 INPUT_KEYS = ("shape", "text_field", "id_field", "fields", "max_text_bytes")
 #: The most baselines a view follows (a chain of updates), so a cycle cannot loop forever.

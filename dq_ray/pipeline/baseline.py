@@ -257,6 +257,9 @@ class PriorFitData:
     def dataset(self, columns: Any = None) -> Any:
         return self.data.dataset(columns)
 
+    def read(self, columns: Any) -> pa.Table:
+        return self.data.read(columns)
+
 
 def _per_document_fit_data(stage: Stage, base: Baseline) -> Any:
     """How an update feeds a fit that lists documents: the baseline fit extended (:class:`PriorFitData`) when

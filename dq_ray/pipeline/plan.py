@@ -30,20 +30,22 @@ from dq_ray.pipeline.cache import add_text_hash
 from dq_ray.pipeline.faults import Faults
 from dq_ray.pipeline.workers import (
     BUCKET_COLUMN,
+    READ_CPUS,
     ParquetFitData,
     StageActor,
     StageRef,
     commit,
     faulty_map_stage,
+    group_here,
     group_stage,
     map_stage,
+    read_committed,
     read_files,
 )
 from dq_ray.stage import CPU_POOL_MAX, Stage
 
 log = logging.getLogger(__name__)
 
-READ_CPUS = 0.5
 #: CPUs of Ray Data's own operators between stages (``repartition``, ``drop_columns``): one each, not settable
 HELPER_CPUS = 1.0
 #: Bytes of shuffled signal rows per groupby partition we aim for (signals are ~10% of input bytes).
@@ -180,12 +182,21 @@ def in_actors(stage: Stage, res: Any, nodes: int = 1) -> bool:
     return bool(stage.stateful or (stage.cpu_pool and nodes <= 1) or res.num_gpus)
 
 
-def fill_cpus(stage: Stage, res: Any, cpus: float, nodes: int = 1) -> Any:
+#: Input bytes per actor of a ``cpu_pool`` stage: a smaller input gets fewer actors, because each one's start (a
+#: process and the stage's set-up, e.g. spaCy's tokenizer: ~2.5 CPU-s) costs more than its share of the work
+#: (benchmarks/README.md, "Fixed costs")
+CPU_POOL_BYTES_PER_ACTOR = 4 * 2**20
+
+
+def fill_cpus(stage: Stage, res: Any, cpus: float, nodes: int = 1, input_bytes: int | None = None) -> Any:
     """A ``cpu_pool`` stage with no ``concurrency`` in its config gets one actor per ``res.num_cpus`` CPUs of the
-    cluster (at most :data:`CPU_POOL_MAX`); :func:`share_cpus` then scales their requests so tasks still fit."""
+    cluster (at most :data:`CPU_POOL_MAX`), and at most one per :data:`CPU_POOL_BYTES_PER_ACTOR` of
+    ``input_bytes`` (the job's input, when given); :func:`share_cpus` then scales their requests so tasks fit."""
     if not stage.cpu_pool or res.concurrency or res.num_gpus or nodes > 1:
         return res
     n = max(1, min(CPU_POOL_MAX, int(cpus // max(res.num_cpus, 1e-3))))
+    if input_bytes is not None:
+        n = min(n, max(1, math.ceil(input_bytes / CPU_POOL_BYTES_PER_ACTOR)))
     return dataclasses.replace(res, concurrency=n)
 
 
@@ -250,7 +261,8 @@ class Plan:
         self.cluster_nodes = cluster_nodes
         if cluster_cpus:
             pairs = zip(self.stages, self.resources)
-            self.resources = [fill_cpus(st, res, cluster_cpus, cluster_nodes) for st, res in pairs]
+            size = sum(f.size for f in files)
+            self.resources = [fill_cpus(st, res, cluster_cpus, cluster_nodes, size) for st, res in pairs]
             self.resources = share_cpus(self.phases, self.stages, self.resources, cluster_cpus, cluster_nodes)
         self.fits: dict[str, dict[str, Any]] = {}
         #: per fitted stage, the digests of its signed artifacts (what workers may load)
@@ -350,6 +362,35 @@ class Plan:
                 max_retries=self.cfg.ray.max_task_retries,
             )
 
+    def group_here(self, ph: Phase) -> Any:
+        """Group phase ``ph``'s groupby on the driver (pyarrow) when its input holds at most
+        ``ray.local_group_bytes`` of Parquet: a Ray Data shuffle costs seconds to start whatever the data
+        (benchmarks/README.md, "Fixed costs"). Returns the grouped rows, or None (too large: a Ray shuffle; or
+        faults injected, which target the Ray path)."""
+        limit = self.cfg.ray.local_group_bytes
+        if not limit or self.faults.active or ph.source is None or ph.group is None:
+            return None
+        size = self.run.fs.du(self.run.sub(ph.source))
+        if size > limit:
+            return None
+        log.info("phase %d: grouping %.1f MiB on the driver (no shuffle)", ph.index, size / 2**20)
+        return group_here(self.run.read_table(ph.source), self.ref(ph.group, ph.index), self.stats)
+
+    def _dataset(self, ph: Phase, todo: list[str] | None, sources: list[str] | None, grouped: Any):
+        """Phase ``ph``'s input as a Ray dataset: the input files (phase 0), the rows grouped on the driver, or
+        the previous phase's Parquet (grouped by a Ray shuffle in a group phase)."""
+        import ray.data
+
+        if sources is None:
+            wanted = set(todo or ())
+            return self.read([f for f in self.files if self.run.shard_key(f.path) in wanted], self.block_rows(ph))
+        if grouped is not None:
+            return ray.data.from_arrow(grouped).repartition(target_num_rows_per_block=self.block_rows(ph))
+        ds = read_committed(sources, max_retries=self.cfg.ray.max_task_retries)
+        if ph.streaming:
+            ds = ds.repartition(target_num_rows_per_block=self.block_rows(ph))
+        return self.group(ds, ph.group, ph.index) if ph.group is not None else ds
+
     def commit(self, ds, folder: str, after_group: bool) -> int:
         """Write ``ds`` into ``RUN/<folder>/`` file by file (per shard, atomic renames); returns the rows written."""
         if not after_group:
@@ -432,8 +473,6 @@ class Plan:
 
     def run_phase(self, ph: Phase) -> None:
         """Run one phase: skip it when committed, else redo its incomplete shards (a group phase: all of it)."""
-        import ray.data
-
         if self.run.phase_done(ph.index):
             log.info("phase %d was committed by an earlier attempt; skipping it", ph.index)
             self.reused["phases"].append(ph.index)
@@ -456,23 +495,19 @@ class Plan:
             todo = None
         sources = self.run.shard_files(ph.source, todo) if ph.source is not None else None
         if (todo is None or todo) and sources != []:
-            if sources is None:
-                wanted = set(todo)
-                ds = self.read([f for f in self.files if self.run.shard_key(f.path) in wanted], self.block_rows(ph))
+            grouped = self.group_here(ph) if ph.group is not None else None  # None: left to a Ray shuffle
+            if grouped is not None and not ph.stages:
+                commit(grouped, self.run.path, ph.output)  # grouped on the driver; nothing left for Ray Data
             else:
-                ds = ray.data.read_parquet(sources)
-                if ph.streaming:
-                    ds = ds.repartition(target_num_rows_per_block=self.block_rows(ph))
-            if ph.group is not None:
-                ds = self.group(ds, ph.group, ph.index)
-            for i in ph.stages:
-                ds = self.apply(ds, i, ph.index)
-            watcher = self._crash_watcher(ph) if ph.index == 0 and self.faults.crash_after_shards else None
-            try:
-                self.commit(ds, ph.output, after_group=ph.group is not None and not ph.stages)
-            finally:
-                if watcher is not None:
-                    watcher.set()
+                ds = self._dataset(ph, todo, sources, grouped)
+                for i in ph.stages:
+                    ds = self.apply(ds, i, ph.index)
+                watcher = self._crash_watcher(ph) if ph.index == 0 and self.faults.crash_after_shards else None
+                try:
+                    self.commit(ds, ph.output, after_group=ph.group is not None and grouped is None and not ph.stages)
+                finally:
+                    if watcher is not None:
+                        watcher.set()
         self.run.check_phase(ph.index, ph.source, ph.output, ph.streaming, self.files)
         self.run.mark_phase(ph.index, ph.output)
 

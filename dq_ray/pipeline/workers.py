@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 BUCKET_COLUMN = "_dq_bucket"
 SAMPLE_KEY = "_dq_sample_key"
+#: CPUs a read or commit task holds: they mostly wait for storage
+READ_CPUS = 0.5
 
 
 # -- per-stage statistics ------------------------------------------------------------------------------
@@ -280,6 +282,28 @@ def faulty_map_stage(batch: pa.Table, ref: StageRef, stats: Any, num_buckets: in
 def group_stage(rows: pa.Table, ref: StageRef, stats: Any) -> pa.Table:
     """A grouping stage's ``map_groups`` function: one hash bucket of its key, whole."""
     stage, setup = _worker_stage(ref)
+    return _group_bucket(stage, rows, stats, setup)
+
+
+def group_here(rows: pa.Table, ref: StageRef, stats: Any) -> pa.Table:
+    """A small grouping phase on the driver (``ray.local_group_bytes``): every hash bucket of ``rows`` through the
+    stage's ``process_groups``, as :func:`group_stage` does in a Ray task. The stage is built for this call only
+    (the driver keeps no worker state)."""
+    t0 = time.perf_counter()
+    stage = ref.config.build()
+    stage.artifacts_dir, stage.artifact_digests = ref.artifacts_dir, ref.artifact_digests
+    stage.ensure_setup()
+    setup = time.perf_counter() - t0
+    buckets = rows.column(BUCKET_COLUMN)
+    out = []
+    for bucket in pc.unique(buckets).to_pylist():
+        out.append(_group_bucket(stage, rows.filter(pc.equal(buckets, bucket)), stats, setup))
+        setup = 0.0
+    return pa.concat_tables(out) if out else rows.drop_columns([BUCKET_COLUMN])
+
+
+def _group_bucket(stage: Stage, rows: pa.Table, stats: Any, setup: float) -> pa.Table:
+    """One hash bucket through ``stage.process_groups``, reported to the statistics actor."""
     start, t0 = time.time(), time.perf_counter()
     key = _batch_key(rows)
     out = stage.process_groups(rows.drop_columns([BUCKET_COLUMN]))
@@ -301,7 +325,50 @@ class StageActor:
         return self.map(batch, self.ref, self.stats, self.num_buckets)
 
 
-# -- commits and fit data ------------------------------------------------------------------------------
+# -- the run's own Parquet, commits and fit data ---------------------------------------------------------
+
+
+def read_committed(paths: Sequence[str], columns: Sequence[str] | None = None, max_retries: int = 3):
+    """A Ray dataset of committed Parquet files of the run (``_work/``, ``docs/``): one Ray task per file, which
+    pyarrow reads whole (a file holds at most ``output.rows_per_file`` rows). Ray Data's ``read_parquet`` would
+    first list the files and read their footers in actors it starts for that, about 1.5 s per read on a small
+    machine (benchmarks/README.md, "Fixed costs"); the files here are already known."""
+    import ray.data
+
+    items = [{"path": p} for p in paths]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(
+        _read_parquet_files,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"columns": list(columns) if columns else None},
+        num_cpus=READ_CPUS,
+        max_retries=max_retries,
+    )
+
+
+def _read_parquet_files(batch: pa.Table, columns: list[str] | None) -> pa.Table:
+    """Ray Data UDF of :func:`read_committed`: the Parquet files named in ``batch``, read with pyarrow."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in batch.column("path").to_pylist():
+        fs, local = fsspec.core.url_to_fs(path)
+        with fs.open(local, "rb") as fh:
+            tables.append(pq.read_table(fh, columns=columns))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def committed_files(path: str) -> list[str]:
+    """The Parquet files under ``path`` (a local path or an fsspec URL), sorted, as :func:`read_committed` takes
+    them."""
+    import fsspec
+
+    from dq_ray.io.discover import qualify
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return [qualify(fs, f) for f in sorted(fs.glob(f"{root.rstrip('/')}/**/*.parquet"))]
 
 
 def commit(batch: pa.Table, run_path: str, folder: str) -> pa.Table:
@@ -331,9 +398,19 @@ class ParquetFitData:
         return self._rows
 
     def dataset(self, columns: Sequence[str] | None = None):
-        import ray.data
+        files = committed_files(self.path)
+        if not files:
+            import ray.data
 
-        return ray.data.read_parquet(self.path, columns=list(columns) if columns else None)
+            return ray.data.read_parquet(self.path, columns=list(columns) if columns else None)  # its error
+        return read_committed(files, columns)
+
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        """The whole data as one table on the driver, read with pyarrow (for small fits: no Ray Data execution)."""
+        files = committed_files(self.path)
+        if not files:
+            return pa.table({c: pa.array([], pa.string()) for c in columns})
+        return _read_parquet_files(pa.table({"path": files}), list(columns))
 
     def sample(self, columns: Sequence[str], n: int, seed: int = 0) -> pa.Table:
         """Keep the rows with the ``n`` smallest hash keys (drawn in Ray tasks), in input order."""

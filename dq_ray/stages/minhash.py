@@ -97,6 +97,9 @@ class MinHashParams:
         shuffle_partitions: partitions of the fit's band shuffle; null sizes them from the row count
             (about 4 million band rows each), and up to 4 million band rows (~285k documents with 14 bands) links
             the bands on the driver without a shuffle (about 110 MB there).
+        local_hash_rows: up to this many documents the fit hashes them on the driver, one process; above, a pool of
+            actors does (one per CPU), whose start (the word tokenizer loaded in each) costs seconds
+            (benchmarks/README.md, "Fixed costs"). 0: always the pool. Speed only: the groups are the same.
     """
 
     n_grams: int = 5
@@ -109,11 +112,14 @@ class MinHashParams:
     hash_fc: str = "xxhash"
     text_norm: dict = field(default_factory=dict)
     shuffle_partitions: int | None = None
+    local_hash_rows: int = 5_000
 
     def __post_init__(self) -> None:
         for key in ("n_grams", "num_buckets", "hashes_per_bucket"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")
+        if self.local_hash_rows < 0:
+            raise ValueError("local_hash_rows must be >= 0")
         if self.word_tokenizer not in WORD_TOKENIZERS:
             raise ValueError(f"word_tokenizer must be one of {', '.join(WORD_TOKENIZERS)}")
         if self.hash_precision not in (32, 64):
@@ -271,6 +277,21 @@ def _band_rows(batch: pa.Table, params: MinHashParams, files: list[str], partiti
     )
 
 
+def _read_here(data: FitData, columns: list[str]) -> pa.Table:
+    """The whole fit data as one table on the driver: read with pyarrow where the fit data can (a phase's
+    Parquet, :meth:`dq_ray.pipeline.workers.ParquetFitData.read`), else through one Ray Data execution."""
+    read = getattr(data, "read", None)
+    if read is not None:
+        return read(columns)
+    blocks = _blocks(data.dataset(columns))
+    return pa.concat_tables(blocks) if blocks else pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def _blocks(ds: Any) -> list[pa.Table]:
+    """The non-empty blocks of a Ray dataset, on the driver."""
+    return [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+
+
 class BandRows:
     """:func:`_band_rows` in a Ray actor of the fit (see :func:`dq_ray.stages._fit.cpu_pool_args`): the hasher
     and its tokenizer are built once per actor."""
@@ -371,29 +392,37 @@ class MinHashDedup(Stage):
         p = self.params
         prior_artifacts = getattr(data, "prior_artifacts", None)
         prior = PriorBands(*prior_artifacts) if prior_artifacts else None
-        ds = data.dataset(list(self.inputs))
         num_rows = data.num_rows() + (prior.documents if prior else 0)
-        files = _source_files(data)
+        band_rows = num_rows * p.num_buckets
+        in_memory = p.shuffle_partitions is None and band_rows <= _BAND_ROWS_IN_MEMORY
+        # a small corpus is hashed on the driver: a pool of actors, each loading the word tokenizer, costs more
+        here = _read_here(data, list(self.inputs)) if in_memory and data.num_rows() <= p.local_hash_rows else None
+        ds = data.dataset(list(self.inputs)) if here is None else None
+        files = _source_files(data) if here is None else sorted(set(here.column("source_file").to_pylist()))
         if prior is not None:
             files = sorted(set(files) | set(prior.files))
         if len(files) >= 1 << (63 - _INDEX_BITS):
             raise ValueError(f"minhash: {len(files)} input files are more than it can number")
-        band_rows = num_rows * p.num_buckets
-        in_memory = p.shuffle_partitions is None and band_rows <= _BAND_ROWS_IN_MEMORY
         partitions = 1 if in_memory else p.shuffle_partitions or max(1, math.ceil(band_rows / _BAND_ROWS_PER_PARTITION))
         args = {"params": p, "files": files, "partitions": partitions}
-        pool = cpu_pool_args()
-        bands = ds.map_batches(
-            BandRows if pool else _band_rows,
-            batch_format="pyarrow",
-            batch_size=self.default_resources.batch_size,
-            **({"fn_constructor_kwargs": args, **pool} if pool else {"fn_kwargs": args}),
-        )
-        if prior is not None:
-            bands = bands.union(prior.dataset(files, partitions, _INDEX_BITS))
+        if here is not None:
+            size = self.default_resources.batch_size
+            bands = [_band_rows(here.slice(i, size), **args) for i in range(0, here.num_rows, size)]
+            if prior is not None:
+                bands += _blocks(prior.dataset(files, partitions, _INDEX_BITS))
+        else:
+            pool = cpu_pool_args()
+            bands = ds.map_batches(
+                BandRows if pool else _band_rows,
+                batch_format="pyarrow",
+                batch_size=self.default_resources.batch_size,
+                **({"fn_constructor_kwargs": args, **pool} if pool else {"fn_kwargs": args}),
+            )
+            if prior is not None:
+                bands = bands.union(prior.dataset(files, partitions, _INDEX_BITS))
         if in_memory:
             # a few million band rows: link them here rather than shuffle them across the cluster
-            parts = [t for t in bands.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+            parts = [t for t in (bands if here is not None else _blocks(bands)) if t.num_rows]
             rows = pa.concat_tables(parts) if parts else with_partition(empty_band_rows(), 1)
             write_band_table(data.artifacts_dir, rows)
             a, b = _unique_edges(_bucket_edges(rows))
@@ -414,6 +443,7 @@ class MinHashDedup(Stage):
             "documents_not_kept": len(members) - groups,
             "candidate_edges": len(a),
             "shuffle_partitions": 0 if in_memory else partitions,
+            "hashed_on": "workers" if here is None else "driver",
             "threshold_50pct": round((1 / p.num_buckets) ** (1 / p.hashes_per_bucket), 3),
             "artifact": ARTIFACT,
             "params": dataclasses.asdict(p),

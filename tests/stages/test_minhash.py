@@ -157,6 +157,8 @@ def test_params_from_yaml_and_validation(tmp_path):
         load_config({"input": {"paths": ["x"]}, "stages": [{"name": "minhash", "params": {"text_norm": {"x": 1}}}]})
     with pytest.raises(ConfigError, match="word_tokenizer"):
         load_config({"input": {"paths": ["x"]}, "stages": [{"name": "minhash", "params": {"word_tokenizer": "bpe"}}]})
+    with pytest.raises(ConfigError, match="local_hash_rows"):
+        load_config({"input": {"paths": ["x"]}, "stages": [{"name": "minhash", "params": {"local_hash_rows": -1}}]})
     with pytest.raises(RuntimeError, match="fit"):
         MinHashDedup().setup()
 
@@ -206,3 +208,19 @@ def test_a_fit_extending_the_baseline_bands_equals_a_fit_over_both(planted, fitt
     theirs = pq.read_table(f"{both.artifacts_dir}/{ARTIFACT}").sort_by(order)
     assert ours.equals(theirs)
     assert "c.jsonl" in ours.column("source_file").to_pylist()  # new documents joined old groups
+
+
+def test_a_fit_hashed_by_an_actor_pool_equals_one_hashed_on_the_driver(planted, fitted, ray_local, tmp_path):
+    """Small corpora are hashed on the driver (``local_hash_rows``); larger ones by a pool of actors. Both write
+    the same groups."""
+    _, table = planted
+    stage, info = fitted
+    assert info["hashed_on"] == "driver"
+    data = TableFitData(table.select(["text", "source_file", "source_index"]), str(tmp_path))
+    other = MinHashDedup(MinHashParams(local_hash_rows=0)).fit(data)
+    assert other["hashed_on"] == "workers" and other["shuffle_partitions"] == 0
+    order = [("source_file", "ascending"), ("source_index", "ascending")]
+    ours = pq.read_table(f"{stage.artifacts_dir}/{ARTIFACT}").sort_by(order)
+    theirs = pq.read_table(f"{tmp_path}/{ARTIFACT}").sort_by(order)
+    assert ours.num_rows > 0 and ours.equals(theirs)
+    assert pq.read_table(f"{stage.artifacts_dir}/bands").num_rows == pq.read_table(f"{tmp_path}/bands").num_rows

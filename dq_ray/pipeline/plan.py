@@ -42,7 +42,7 @@ from dq_ray.pipeline.workers import (
     read_committed,
     read_files,
 )
-from dq_ray.stage import CPU_POOL_MAX, Stage
+from dq_ray.stage import CPU_POOL_MAX, Stage, gather_for_sort
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,13 @@ class Plan:
             ds = ds.drop_columns(["text"])
         return ds
 
-    def group(self, ds, i: int, phase: int):
-        """Stage ``i``'s groupby: hash buckets of its key, each handed whole to its ``process_groups``."""
+    def group(self, ds, i: int, phase: int, source_bytes: int | None = None):
+        """Stage ``i``'s groupby: hash buckets of its key, each handed whole to its ``process_groups``.
+
+        Under the sort shuffle its input is first gathered into a few large blocks
+        (:func:`~dq_ray.stage.gather_for_sort`).
+        """
+        ds = gather_for_sort(ds, source_bytes, self.partitions)
         with warnings.catch_warnings():  # see _map_batches
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             return ds.groupby(BUCKET_COLUMN, num_partitions=self.partitions).map_groups(
@@ -389,7 +394,9 @@ class Plan:
         ds = read_committed(sources, max_retries=self.cfg.ray.max_task_retries)
         if ph.streaming:
             ds = ds.repartition(target_num_rows_per_block=self.block_rows(ph))
-        return self.group(ds, ph.group, ph.index) if ph.group is not None else ds
+        if ph.group is None:
+            return ds
+        return self.group(ds, ph.group, ph.index, self.run.fs.du(self.run.sub(ph.source)))
 
     def commit(self, ds, folder: str, after_group: bool) -> int:
         """Write ``ds`` into ``RUN/<folder>/`` file by file (per shard, atomic renames); returns the rows written."""

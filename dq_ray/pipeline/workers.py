@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -337,14 +338,16 @@ def read_committed(paths: Sequence[str], columns: Sequence[str] | None = None, m
 
     items = [{"path": p} for p in paths]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return ds.map_batches(
-        _read_parquet_files,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"columns": list(columns) if columns else None},
-        num_cpus=READ_CPUS,
-        max_retries=max_retries,
-    )
+    with warnings.catch_warnings():  # retries are only a remote arg in Ray 2.60 (see plan._map_batches)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return ds.map_batches(
+            _read_parquet_files,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"columns": list(columns) if columns else None},
+            num_cpus=READ_CPUS,
+            max_retries=max_retries,
+        )
 
 
 def _read_parquet_files(batch: pa.Table, columns: list[str] | None) -> pa.Table:

@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dq_ray.artifacts import read_trusted, trusted_digests
-from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, register
+from dq_ray.stage import KEY_COLUMNS, FitData, Resources, Stage, append_columns, gather_for_sort, register
 from dq_ray.stages._bands import (
     PriorBands,
     empty_band_rows,
@@ -70,6 +70,8 @@ _INDEX_BITS = 40
 _CELLS_PER_STEP = 4_000_000
 #: Band rows per shuffle partition when ``shuffle_partitions`` is null.
 _BAND_ROWS_PER_PARTITION = 4_000_000
+#: Bytes of one band row in memory (two uint64 key halves, an int64 document number, an int32 partition)
+_BAND_ROW_BYTES = 28
 #: Up to this many band rows (documents x bands; ~28 bytes each on the driver), the fit links them on the driver
 #: instead of shuffling them (``shuffle_partitions`` null only).
 _BAND_ROWS_IN_MEMORY = 4_000_000
@@ -429,6 +431,7 @@ class MinHashDedup(Stage):
         else:
             bands = write_band_dataset(data.artifacts_dir, bands)
             bands = bands.map_batches(with_partition, fn_kwargs={"partitions": partitions}, batch_format="pyarrow")
+            bands = gather_for_sort(bands, band_rows * _BAND_ROW_BYTES, partitions)
             edges = bands.groupby("part", num_partitions=partitions).map_groups(_bucket_edges, batch_format="pyarrow")
             a, b = _collect_edges(edges)
         write_band_index(data.artifacts_dir, files, num_rows)

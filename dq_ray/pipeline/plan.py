@@ -367,23 +367,20 @@ class Plan:
                 max_retries=self.cfg.ray.max_task_retries,
             )
 
-    def group_here(self, ph: Phase) -> Any:
-        """Group phase ``ph``'s groupby on the driver (pyarrow) when its input holds at most
-        ``ray.local_group_bytes`` of Parquet: a Ray Data shuffle costs seconds to start whatever the data
+    def group_here(self, ph: Phase, size: int) -> Any:
+        """Group phase ``ph``'s groupby on the driver (pyarrow) when its input (``size`` bytes of Parquet) holds
+        at most ``ray.local_group_bytes``: a Ray Data shuffle costs seconds to start whatever the data
         (benchmarks/README.md, "Fixed costs"). Returns the grouped rows, or None (too large: a Ray shuffle; or
         faults injected, which target the Ray path)."""
         limit = self.cfg.ray.local_group_bytes
-        if not limit or self.faults.active or ph.source is None or ph.group is None:
-            return None
-        size = self.run.fs.du(self.run.sub(ph.source))
-        if size > limit:
+        if not limit or self.faults.active or ph.group is None or size > limit:
             return None
         log.info("phase %d: grouping %.1f MiB on the driver (no shuffle)", ph.index, size / 2**20)
         return group_here(self.run.read_table(ph.source), self.ref(ph.group, ph.index), self.stats)
 
-    def _dataset(self, ph: Phase, todo: list[str] | None, sources: list[str] | None, grouped: Any):
+    def _dataset(self, ph: Phase, todo: list[str] | None, sources: list[str] | None, grouped: Any, size: int):
         """Phase ``ph``'s input as a Ray dataset: the input files (phase 0), the rows grouped on the driver, or
-        the previous phase's Parquet (grouped by a Ray shuffle in a group phase)."""
+        the previous phase's Parquet (``size`` bytes; grouped by a Ray shuffle in a group phase)."""
         import ray.data
 
         if sources is None:
@@ -396,7 +393,7 @@ class Plan:
             ds = ds.repartition(target_num_rows_per_block=self.block_rows(ph))
         if ph.group is None:
             return ds
-        return self.group(ds, ph.group, ph.index, self.run.fs.du(self.run.sub(ph.source)))
+        return self.group(ds, ph.group, ph.index, size)
 
     def commit(self, ds, folder: str, after_group: bool) -> int:
         """Write ``ds`` into ``RUN/<folder>/`` file by file (per shard, atomic renames); returns the rows written."""
@@ -502,11 +499,12 @@ class Plan:
             todo = None
         sources = self.run.shard_files(ph.source, todo) if ph.source is not None else None
         if (todo is None or todo) and sources != []:
-            grouped = self.group_here(ph) if ph.group is not None else None  # None: left to a Ray shuffle
+            size = self.run.fs.du(self.run.sub(ph.source)) if ph.group is not None else 0  # a group phase's input
+            grouped = self.group_here(ph, size)  # None: left to a Ray shuffle
             if grouped is not None and not ph.stages:
                 commit(grouped, self.run.path, ph.output)  # grouped on the driver; nothing left for Ray Data
             else:
-                ds = self._dataset(ph, todo, sources, grouped)
+                ds = self._dataset(ph, todo, sources, grouped, size)
                 for i in ph.stages:
                     ds = self.apply(ds, i, ph.index)
                 watcher = self._crash_watcher(ph) if ph.index == 0 and self.faults.crash_after_shards else None

@@ -166,10 +166,7 @@ def _worker_stage(ref: StageRef, claim: bool = True) -> tuple[Stage, float]:
         try:
             if ref.faults is not None:
                 ref.faults.before_setup(ref.config.name)
-            stage = ref.config.build()
-            stage.artifacts_dir = ref.artifacts_dir
-            stage.artifact_digests = ref.artifact_digests
-            stage.ensure_setup()
+            stage = _build_stage(ref)
         except Exception as exc:
             raise StageSetupError(
                 f"stage {ref.config.name!r} could not be set up on {platform.node()}: {type(exc).__name__}: {exc}"
@@ -180,6 +177,14 @@ def _worker_stage(ref: StageRef, claim: bool = True) -> tuple[Stage, float]:
     if claim:
         entry[1] = 0.0
     return entry[0], setup
+
+
+def _build_stage(ref: StageRef) -> Stage:
+    """The stage of ``ref``, its fitted artifacts attached, set up."""
+    stage = ref.config.build()
+    stage.artifacts_dir, stage.artifact_digests = ref.artifacts_dir, ref.artifact_digests
+    stage.ensure_setup()
+    return stage
 
 
 def _bucket_of(keys: pa.Array, num_buckets: int) -> pa.Array:
@@ -291,9 +296,7 @@ def group_here(rows: pa.Table, ref: StageRef, stats: Any) -> pa.Table:
     stage's ``process_groups``, as :func:`group_stage` does in a Ray task. The stage is built for this call only
     (the driver keeps no worker state)."""
     t0 = time.perf_counter()
-    stage = ref.config.build()
-    stage.artifacts_dir, stage.artifact_digests = ref.artifacts_dir, ref.artifact_digests
-    stage.ensure_setup()
+    stage = _build_stage(ref)
     setup = time.perf_counter() - t0
     buckets = rows.column(BUCKET_COLUMN)
     out = []
